@@ -1,0 +1,146 @@
+"""The implicit-function-theorem hypergradient (Lorraine, Vicol & Duvenaud, AISTATS 2020).
+
+At weights w ≈ w*(λ) = argmin_w L_T(w, λ):
+
+    dL_V/dλ = ∂L_V/∂λ − (∂L_V/∂w) · H⁻¹ · ∂²L_T/∂w∂λ,      H = ∂²L_T/∂w∂wᵀ,
+
+computed as three vector products and never a matrix:
+  1. v = ∂L_V/∂w (and the direct term ∂L_V/∂λ)          one backward pass of L_V
+  2. p ≈ H⁻¹ v                                           the solver: Hessian-vector products
+  3. g = ∂L_V/∂λ − ∂/∂λ ⟨∂L_T/∂w, p⟩                     one mixed vector-Jacobian product
+
+The training gradient ∂L_T/∂w is built once with ``create_graph=True``; every HVP of step 2
+and the mixed product of step 3 differentiate that same graph again (reverse-over-reverse), so
+the cost is one gradient graph + K backward passes through it + one more, and memory does not
+grow with K.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hybrid_hpo.implicit import tensor_list as tl
+from hybrid_hpo.implicit.operators import HessianOperator
+from hybrid_hpo.implicit.solvers import ConjugateGradient, Exact, Identity, Neumann, Nystrom
+
+Loss = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
+Solver = Identity | Neumann | ConjugateGradient | Nystrom | Exact
+
+
+@dataclass(frozen=True)
+class HypergradientInfo:
+    """Diagnostics of one hypergradient, as Python values (one host sync per hypergradient).
+
+    solver:     the solver's class name.
+    iterations: Hessian-vector products the solver spent.
+    residual:   the solver's relative residual estimate (NaN when it has none).
+    diverged:   the solver reported failure (see each solver).
+    finite:     every entry of the hypergradient is finite.
+    """
+
+    solver: str
+    iterations: int
+    residual: float
+    diverged: bool
+    finite: bool
+
+
+class HypergradientDivergence(RuntimeError):
+    """The hypergradient is not finite, or the inverse-HVP solver diverged."""
+
+    def __init__(self, info: HypergradientInfo):
+        super().__init__(
+            f"hypergradient rejected ({info.solver}: finite={info.finite}, diverged={info.diverged}, "
+            f"residual={info.residual:.3g}); lower the Neumann alpha (or use alpha='auto'), add damping, "
+            "or lower the learning rates"
+        )
+        self.info = info
+
+
+def _leaves(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {name: t.detach().requires_grad_(True) for name, t in tensors.items()}
+
+
+def _or_zeros(grads: tuple[Tensor | None, ...], like: list[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
+
+
+def hypergradient(
+    train_loss: Loss,
+    val_loss: Loss,
+    params: Mapping[str, Tensor],
+    hparams: Mapping[str, Tensor],
+    solver: Solver | None = None,
+    *,
+    return_info: bool = False,
+) -> dict[str, Tensor] | tuple[dict[str, Tensor], HypergradientInfo]:
+    """dL_V/dλ by implicit differentiation.
+
+    Args:
+        train_loss: ``(params, hparams) -> scalar`` L_T; its Hessian in ``params`` is inverted.
+        val_loss: ``(params, hparams) -> scalar`` L_V.
+        params: the (approximately) trained weights w, name -> tensor of any shape.
+        hparams: the hyperparameters λ, name -> tensor of any shape.
+        solver: approximates H⁻¹v; default ``Neumann(terms=5, alpha=0.1)``.
+        return_info: also return a :class:`HypergradientInfo`; then a diverged or non-finite
+            result is returned for the caller to handle instead of raising.
+
+    Returns:
+        dict with the keys and shapes of ``hparams``: dL_V/dλ, detached. λ that neither loss
+        uses get zeros.
+
+    Raises:
+        HypergradientDivergence: without ``return_info``, when the result is not finite or the
+            solver diverged.
+    """
+    solver = Neumann() if solver is None else solver
+    weights, lambdas = _leaves(params), _leaves(hparams)
+    w, lam = list(weights.values()), list(lambdas.values())
+    with torch.enable_grad():
+        validation = val_loss(weights, lambdas)
+        grads = torch.autograd.grad(validation, w + lam, allow_unused=True)
+        v, direct = _or_zeros(grads[: len(w)], w), _or_zeros(grads[len(w) :], lam)
+        del validation, grads
+
+        training = train_loss(weights, lambdas)
+        train_grads = _or_zeros(torch.autograd.grad(training, w, create_graph=True, allow_unused=True), w)
+        solution = solver.solve(HessianOperator(train_grads, w), v)
+
+        connected = [i for i, g in enumerate(train_grads) if g.requires_grad]
+        mixed = [torch.zeros_like(t) for t in lam]
+        if connected:
+            mixed = _or_zeros(
+                torch.autograd.grad(
+                    [train_grads[i] for i in connected],
+                    lam,
+                    grad_outputs=[solution.p[i].detach() for i in connected],
+                    allow_unused=True,
+                ),
+                lam,
+            )
+    result = [(d - m).detach() for d, m in zip(direct, mixed)]
+    finite, diverged, residual, iterations = torch.stack(
+        [
+            tl.all_finite(result).to(torch.float64),
+            solution.diverged.to(torch.float64),
+            solution.residual.detach().to(torch.float64),
+            solution.iterations.to(torch.float64),
+        ]
+    ).tolist()
+    info = HypergradientInfo(
+        solver=type(solver).__name__,
+        iterations=int(iterations),
+        residual=float(residual) if not math.isnan(residual) else math.nan,
+        diverged=bool(diverged),
+        finite=bool(finite),
+    )
+    gradient = dict(zip(lambdas.keys(), result))
+    if return_info:
+        return gradient, info
+    if info.diverged or not info.finite:
+        raise HypergradientDivergence(info)
+    return gradient

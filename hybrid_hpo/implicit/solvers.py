@@ -1,0 +1,278 @@
+"""Inverse-Hessian-vector-product solvers: p ≈ (H + δI)⁻¹ v from Hessian-vector products only.
+
+Every solver is a small frozen dataclass with one method, ``solve(operator, v) -> Solution``,
+where ``operator`` provides ``matvec`` (and ``matmat`` for the batched ones, see
+:mod:`hybrid_hpo.implicit.operators`) and ``v`` is a tensor list shaped like the weights.
+Inside the loops every scalar stays on the device: no ``.item()``, no host synchronisation,
+no flattening; the diagnostics in :class:`Solution` are 0-dim tensors read once by the caller.
+
+Conventions (see DESIGN.md): H is the Hessian of the training loss in the weights, δ ≥ 0 a
+damping that makes the solved system H + δI.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.implicit import tensor_list as tl
+from hybrid_hpo.implicit.curvature import top_eigenvalue
+from hybrid_hpo.implicit.operators import LinearOperator, as_operator
+from hybrid_hpo.implicit.tensor_list import Scalar, TensorList
+
+SOLVERS: tuple[str, ...] = ("identity", "neumann", "cg", "nystrom", "exact")
+
+
+class Solution(NamedTuple):
+    """What a solver returns.
+
+    p:          the approximation of (H + δI)⁻¹ v, a tensor list shaped like v.
+    iterations: Hessian-vector products spent on the solve (0-dim tensor; CG counts only the
+                iterations it did not skip after converging).
+    residual:   relative residual estimate (0-dim tensor, NaN for solvers without one); see each
+                solver for its exact meaning.
+    diverged:   0-dim bool tensor: the solve failed (non-finite values, a growing series, or
+                CG met non-positive curvature).
+    """
+
+    p: TensorList
+    iterations: Tensor
+    residual: Tensor
+    diverged: Tensor
+
+
+def _scalar(value: float, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    return torch.tensor(value, device=like.device, dtype=dtype or like.dtype)
+
+
+def _check(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """p = v: treats H as the identity (Lorraine et al.'s cheapest approximation, T1–T2).
+
+    Equal to ``Neumann(terms=0, alpha=1.0)``. Costs no Hessian-vector product.
+    """
+
+    def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
+        nan = _scalar(math.nan, v[0])
+        return Solution(tl.clone(v), _scalar(0, v[0], torch.int64), nan, ~tl.all_finite(v))
+
+
+@dataclass(frozen=True)
+class Neumann:
+    """Truncated Neumann series: p = α Σ_{j=0..K} (I − αA)^j v with A = H + δI, K = ``terms``.
+
+    A true approximation of A⁻¹v (the factor α included), converging as K → ∞ whenever
+    0 < α < 2/λ_max(A) and A is positive definite. ``alpha="auto"`` spends ``power_iters``
+    extra products on a power-iteration estimate of |λ|_max(A) and uses α = 1/|λ|_max.
+
+    Costs K products; memory is three tensor lists whatever K is (current term, running sum, HVP).
+    residual = ‖(I − αA)^K v‖ / ‖v‖ = α‖A p_{K−1} − v‖/‖v‖, the scaled residual of the series
+    one term shorter (free: it is the last term). ``diverged`` when it exceeds 1 — the terms grew
+    instead of shrinking, so α is too large or A is not positive definite — or p is not finite.
+    """
+
+    terms: int = 5
+    alpha: float | str = 0.1
+    damping: float = 0.0
+    power_iters: int = 20
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.terms, int) and self.terms >= 0, "terms", f"must be an integer >= 0, got {self.terms!r}")
+        _check(
+            self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and self.alpha > 0 and math.isfinite(self.alpha)),
+            "alpha",
+            f"must be a number > 0 (below 2/λ_max of the Hessian) or 'auto', got {self.alpha!r}",
+        )
+        _check(self.damping >= 0, "damping", f"must be >= 0, got {self.damping!r}")
+        _check(self.power_iters >= 1, "power_iters", f"must be >= 1, got {self.power_iters!r}")
+
+    def step_size(self, operator: LinearOperator, v: list[Tensor]) -> Scalar:
+        """α, estimated from the curvature when ``alpha="auto"`` (a 0-dim tensor then)."""
+        if self.alpha != "auto":
+            return float(self.alpha)
+        eigenvalue = top_eigenvalue(operator, v, iters=self.power_iters) + self.damping
+        return 1.0 / eigenvalue.abs().clamp_min(torch.finfo(v[0].dtype).tiny)
+
+    def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
+        operator = as_operator(operator)
+        alpha = self.step_size(operator, v)
+        term = tl.clone(v)  # (I − αA)^j v
+        total = tl.clone(v)  # Σ_{i≤j} (I − αA)^i v
+        for _ in range(self.terms):
+            product = operator.matvec(term)
+            if self.damping:
+                tl.axpy_(product, self.damping, term)
+            tl.axpy_(term, -alpha, product)
+            torch._foreach_add_(total, term)
+        p = tl.scale(total, alpha)
+        residual = tl.norm(term) / tl.norm(v).clamp_min(torch.finfo(v[0].dtype).tiny)
+        extra = self.power_iters if self.alpha == "auto" else 0
+        iterations = _scalar(self.terms + extra, v[0], torch.int64)
+        return Solution(p, iterations, residual, (residual > 1) | ~tl.all_finite(p))
+
+
+
+@dataclass(frozen=True)
+class ConjugateGradient:
+    """Conjugate gradient on (H + δI) p = v (Hestenes–Stiefel, x₀ = 0).
+
+    r₀ = v, d₀ = r₀; per iteration: α_k = ‖r_k‖²/⟨d_k, A d_k⟩, p += α_k d_k, r −= α_k A d_k,
+    β_k = ‖r_{k+1}‖²/‖r_k‖², d = r + β_k d. Exact in n iterations on an n-dimensional SPD system
+    (up to rounding). Stops being updated once ‖r‖ ≤ max(rtol‖v‖, atol) or on non-positive
+    curvature ⟨d, A d⟩ ≤ 0 (then p is the truncated-CG iterate and ``diverged`` is set).
+    Convergence is tested on the device, so the loop never synchronises with the host: it always
+    spends ``max_iter`` products (a fixed, predictable cost), and the frozen iterations are no-ops.
+    residual = ‖v − A p‖/‖v‖ from the recurrence.
+    """
+
+    max_iter: int = 10
+    rtol: float = 1e-5
+    atol: float = 0.0
+    damping: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.max_iter, int) and self.max_iter >= 0, "max_iter", f"must be an integer >= 0, got {self.max_iter!r}")
+        _check(self.rtol >= 0 and self.atol >= 0, "rtol/atol", f"must be >= 0, got rtol={self.rtol!r}, atol={self.atol!r}")
+        _check(self.damping >= 0, "damping", f"must be >= 0, got {self.damping!r}")
+
+    def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
+        operator = as_operator(operator)
+        x = tl.zeros_like(v)
+        r = tl.clone(v)
+        d = tl.clone(v)
+        rr = tl.dot(r, r)
+        tolerance = torch.clamp_min(self.rtol**2 * rr, self.atol**2)
+        breakdown = torch.zeros((), dtype=torch.bool, device=rr.device)
+        iterations = torch.zeros((), dtype=torch.int64, device=rr.device)
+        for _ in range(self.max_iter):
+            ad = operator.matvec(d)
+            if self.damping:
+                tl.axpy_(ad, self.damping, d)
+            curvature = tl.dot(d, ad)
+            active = (rr > tolerance) & ~breakdown
+            breakdown = breakdown | (active & ~(curvature > 0))
+            update = active & (curvature > 0)
+            step = torch.where(update, rr / curvature, torch.zeros_like(rr))
+            tl.axpy_(x, step, d)
+            tl.axpy_(r, -step, ad)
+            rr_next = tl.dot(r, r)
+            beta = torch.where(update, rr_next / rr, torch.zeros_like(rr))
+            d = torch._foreach_add(r, torch._foreach_mul(d, beta))
+            rr = torch.where(update, rr_next, rr)
+            iterations = iterations + update
+        residual = rr.sqrt() / tl.norm(v).clamp_min(torch.finfo(v[0].dtype).tiny)
+        return Solution(x, iterations, residual, breakdown | ~tl.all_finite(x))
+
+
+@dataclass(frozen=True)
+class Nystrom:
+    """Nyström low-rank approximation + Woodbury (Hataya & Yamada, AISTATS 2023).
+
+    Samples k = ``rank`` coordinates K without replacement and takes the k columns C = H[:, K]
+    (k products with unit vectors, batched through ``operator.matmat``); with W = H[K, K],
+    H ≈ H_k = C W⁻¹ Cᵀ. Then (ρI + H_k)⁻¹ v = (v − C (ρW + CᵀC)⁻¹ Cᵀ v) / ρ by the Woodbury
+    identity: one k×k solve (pseudo-inverse of the symmetric matrix), no iteration.
+    With k = n, H_k = H and the result is (ρI + H)⁻¹ v exactly. Memory: k vectors of size P.
+    Columns are drawn from a generator seeded with ``seed`` (deterministic across calls).
+    """
+
+    rank: int = 10
+    rho: float = 1e-2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.rank, int) and self.rank >= 1, "rank", f"must be an integer >= 1, got {self.rank!r}")
+        _check(self.rho > 0, "rho", f"must be > 0 (the Woodbury identity divides by it), got {self.rho!r}")
+
+    def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
+        operator = as_operator(operator)
+        sizes = [t.numel() for t in v]
+        total = sum(sizes)
+        rank = min(self.rank, total)
+        generator = torch.Generator().manual_seed(self.seed)
+        index = torch.randperm(total, generator=generator)[:rank].to(v[0].device)
+        units = torch.zeros(rank, total, dtype=v[0].dtype, device=v[0].device)
+        units[torch.arange(rank, device=units.device), index] = 1.0
+        columns = tl.flatten(operator.matmat(tl.unflatten(units, v)), batch=True)  # (k, P) = H[K, :]
+        w = columns[:, index]
+        w = (w + w.T) / 2
+        flat_v = tl.flatten(v)
+        gram = self.rho * w + columns @ columns.T
+        coefficients = torch.linalg.pinv((gram + gram.T) / 2, hermitian=True) @ (columns @ flat_v)
+        flat_p = (flat_v - columns.T @ coefficients) / self.rho
+        p = tl.unflatten(flat_p, v)
+        nan = _scalar(math.nan, v[0])
+        return Solution(p, _scalar(rank, v[0], torch.int64), nan, ~tl.all_finite(p))
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Dense solve: builds H (P products, batched ``chunk`` at a time) and solves (H + δI) p = v.
+
+    For small problems, tests and diagnostics only: O(P²) memory. residual = ‖(H + δI)p − v‖/‖v‖.
+    """
+
+    damping: float = 0.0
+    chunk: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.damping >= 0, "damping", f"must be >= 0, got {self.damping!r}")
+        _check(self.chunk >= 1, "chunk", f"must be >= 1, got {self.chunk!r}")
+
+    def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
+        operator = as_operator(operator)
+        matrix = dense_matrix(operator, v, chunk=self.chunk)
+        matrix = matrix + self.damping * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+        flat_v = tl.flatten(v)
+        flat_p = torch.linalg.solve(matrix, flat_v)
+        residual = torch.linalg.vector_norm(matrix @ flat_p - flat_v) / torch.linalg.vector_norm(flat_v).clamp_min(
+            torch.finfo(flat_v.dtype).tiny
+        )
+        p = tl.unflatten(flat_p, v)
+        iterations = _scalar(matrix.shape[0], v[0], torch.int64)
+        return Solution(p, iterations, residual, ~tl.all_finite(p))
+
+
+def dense_matrix(operator: LinearOperator, like: list[Tensor], chunk: int = 256) -> Tensor:
+    """The operator as a dense (P, P) matrix, from P products with unit vectors (symmetrised)."""
+    total = sum(t.numel() for t in like)
+    blocks = []
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        units = torch.zeros(stop - start, total, dtype=like[0].dtype, device=like[0].device)
+        units[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        blocks.append(tl.flatten(operator.matmat(tl.unflatten(units, like)), batch=True))
+    matrix = torch.cat(blocks)
+    return (matrix + matrix.T) / 2
+
+
+def make_solver(
+    name: str,
+    *,
+    terms: int = 5,
+    alpha: float | str = 0.1,
+    damping: float = 0.0,
+    rank: int = 10,
+) -> Identity | Neumann | ConjugateGradient | Nystrom | Exact:
+    """Build a solver from run settings: ``terms`` is Neumann's K and CG's max_iter, ``rank``
+    Nyström's k; Nyström's ρ is ``damping`` when it is > 0, else its default 1e-2."""
+    if name == "identity":
+        return Identity()
+    if name == "neumann":
+        return Neumann(terms=terms, alpha=alpha, damping=damping)
+    if name == "cg":
+        return ConjugateGradient(max_iter=terms, damping=damping)
+    if name == "nystrom":
+        return Nystrom(rank=rank, rho=damping) if damping > 0 else Nystrom(rank=rank)
+    if name == "exact":
+        return Exact(damping=damping)
+    raise ConfigError(f"solver: unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")

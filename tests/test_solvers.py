@@ -1,0 +1,213 @@
+"""Each inverse-HVP solver against torch.linalg.solve on random SPD systems, in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hybrid_hpo import ConjugateGradient, Exact, Identity, Neumann, Nystrom, make_solver
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.implicit import CallableOperator, HessianOperator, dense_matrix
+from hybrid_hpo.implicit.tensor_list import flatten, unflatten
+
+SHAPES = [(3, 2), (5,), (1, 1, 1)]  # n = 12, spread over tensors of several ranks
+N = sum(torch.Size(s).numel() for s in SHAPES)
+
+
+def spd(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Q diag(eigenvalues) Qᵀ with a random orthogonal Q."""
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=generator, dtype=torch.float64))
+    return q @ torch.diag(eigenvalues.to(torch.float64)) @ q.T
+
+
+def operator(matrix: torch.Tensor) -> CallableOperator:
+    like = [torch.zeros(s, dtype=torch.float64) for s in SHAPES]
+    return CallableOperator(lambda v: unflatten(matrix @ flatten(v), like))
+
+
+def random_vector(seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=generator, dtype=torch.float64) for s in SHAPES]
+
+
+def reference(matrix: torch.Tensor, v: list[torch.Tensor], damping: float = 0.0) -> torch.Tensor:
+    return torch.linalg.solve(matrix + damping * torch.eye(len(matrix), dtype=matrix.dtype), flatten(v))
+
+
+def relative_error(p: list[torch.Tensor], expected: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(flatten(p) - expected) / torch.linalg.vector_norm(expected))
+
+
+@pytest.fixture
+def matrix() -> torch.Tensor:
+    return spd(torch.linspace(0.5, 5.0, N))  # λ_max = 5: Neumann needs α < 0.4
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.7])
+def test_exact_matches_linalg_solve(matrix, damping):
+    v = random_vector()
+    solution = Exact(damping=damping).solve(operator(matrix), v)
+    assert relative_error(solution.p, reference(matrix, v, damping)) < 1e-12
+    assert float(solution.residual) < 1e-12
+    assert [t.shape for t in solution.p] == [torch.Size(s) for s in SHAPES]
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.7])
+def test_cg_is_exact_in_n_iterations(matrix, damping):
+    v = random_vector()
+    solution = ConjugateGradient(max_iter=N, rtol=0.0, damping=damping).solve(operator(matrix), v)
+    assert relative_error(solution.p, reference(matrix, v, damping)) < 1e-10
+    assert not bool(solution.diverged)
+
+
+def test_cg_with_fewer_iterations_than_distinct_eigenvalues_is_not_exact(matrix):
+    v = random_vector()
+    solution = ConjugateGradient(max_iter=N - 3, rtol=0.0).solve(operator(matrix), v)
+    assert relative_error(solution.p, reference(matrix, v)) > 1e-6
+
+
+def test_cg_converges_in_as_many_iterations_as_distinct_eigenvalues_and_then_freezes():
+    matrix = spd(torch.tensor([1.0] * 4 + [2.0] * 4 + [7.0] * 4))
+    v = random_vector()
+    solution = ConjugateGradient(max_iter=30, rtol=1e-12).solve(operator(matrix), v)
+    assert int(solution.iterations) == 3
+    assert relative_error(solution.p, reference(matrix, v)) < 1e-12
+    assert float(solution.residual) < 1e-12
+    assert all(torch.isfinite(t).all() for t in solution.p)  # the frozen iterations made no 0/0
+
+
+def test_cg_residual_matches_true_residual(matrix):
+    v = random_vector()
+    solution = ConjugateGradient(max_iter=4, rtol=0.0).solve(operator(matrix), v)
+    true = torch.linalg.vector_norm(matrix @ flatten(solution.p) - flatten(v)) / torch.linalg.vector_norm(flatten(v))
+    assert float(solution.residual) == pytest.approx(float(true), rel=1e-8)
+
+
+def test_cg_reports_non_positive_curvature():
+    matrix = spd(torch.cat([torch.tensor([-3.0]), torch.linspace(1.0, 2.0, N - 1)]))
+    solution = ConjugateGradient(max_iter=N).solve(operator(matrix), random_vector())
+    assert bool(solution.diverged)
+
+
+@pytest.mark.parametrize(("alpha", "damping"), [(0.3, 0.0), (0.05, 0.0), (0.3, 0.7), (1.0 / 6.0, 0.5)])
+def test_neumann_converges_to_linalg_solve(matrix, alpha, damping):
+    v = random_vector()
+    solution = Neumann(terms=800, alpha=alpha, damping=damping).solve(operator(matrix), v)
+    assert relative_error(solution.p, reference(matrix, v, damping)) < 1e-8
+    assert not bool(solution.diverged)
+
+
+def test_neumann_equals_its_defining_series(matrix):
+    v = random_vector()
+    alpha, terms, damping = 0.25, 4, 0.3
+    a = matrix + damping * torch.eye(N, dtype=torch.float64)
+    step = torch.eye(N, dtype=torch.float64) - alpha * a
+    expected = alpha * sum(torch.linalg.matrix_power(step, j) @ flatten(v) for j in range(terms + 1))
+    solution = Neumann(terms=terms, alpha=alpha, damping=damping).solve(operator(matrix), v)
+    assert relative_error(solution.p, expected) < 1e-13
+    last_term = torch.linalg.matrix_power(step, terms) @ flatten(v)
+    assert float(solution.residual) == pytest.approx(float(last_term.norm() / flatten(v).norm()), rel=1e-10)
+
+
+def test_neumann_error_shrinks_with_terms(matrix):
+    v = random_vector()
+    errors = [relative_error(Neumann(terms=k, alpha=0.3).solve(operator(matrix), v).p, reference(matrix, v)) for k in (1, 5, 20, 100)]
+    assert errors == sorted(errors, reverse=True)
+    assert errors[-1] < 1e-6
+
+
+def test_neumann_detects_divergence(matrix):
+    solution = Neumann(terms=30, alpha=0.5).solve(operator(matrix), random_vector())  # α > 2/λ_max = 0.4
+    assert bool(solution.diverged)
+    assert float(solution.residual) > 1.0
+
+
+def test_neumann_auto_alpha_converges_where_a_fixed_alpha_diverges():
+    matrix = spd(torch.linspace(10.0, 80.0, N))  # α = 0.1 > 2/80 diverges
+    v = random_vector()
+    assert bool(Neumann(terms=50, alpha=0.1).solve(operator(matrix), v).diverged)
+    solution = Neumann(terms=400, alpha="auto").solve(operator(matrix), v)
+    assert not bool(solution.diverged)
+    assert relative_error(solution.p, reference(matrix, v)) < 1e-8
+
+
+def test_identity_equals_neumann_with_zero_terms_and_unit_alpha(matrix):
+    v = random_vector()
+    identity = Identity().solve(operator(matrix), v).p
+    neumann = Neumann(terms=0, alpha=1.0).solve(operator(matrix), v).p
+    assert all(torch.equal(a, b) for a, b in zip(identity, neumann))
+    assert all(torch.equal(a, b) for a, b in zip(identity, v))
+
+
+@pytest.mark.parametrize("rho", [1e-3, 0.5])
+def test_nystrom_with_full_rank_is_exact(matrix, rho):
+    v = random_vector()
+    solution = Nystrom(rank=N, rho=rho).solve(operator(matrix), v)
+    assert relative_error(solution.p, reference(matrix, v, damping=rho)) < 1e-9
+
+
+def test_nystrom_recovers_a_low_rank_matrix_from_a_few_columns():
+    rank = 3
+    generator = torch.Generator().manual_seed(3)
+    factor = torch.randn(N, rank, generator=generator, dtype=torch.float64)
+    matrix = factor @ factor.T  # PSD, rank 3: any 5 generic columns span its range
+    v, rho = random_vector(), 0.2
+    solution = Nystrom(rank=rank + 2, rho=rho).solve(operator(matrix), v)
+    assert relative_error(solution.p, reference(matrix, v, damping=rho)) < 1e-9
+    truncated = Nystrom(rank=rank - 1, rho=rho).solve(operator(matrix), v)
+    assert relative_error(truncated.p, reference(matrix, v, damping=rho)) > 1e-3
+
+
+def test_dense_matrix_recovers_the_operator(matrix):
+    like = random_vector()
+    assert torch.allclose(dense_matrix(operator(matrix), like, chunk=5), matrix, atol=1e-14)
+
+
+def test_hessian_operator_matches_torch_func_hessian():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randint(0, 2, (7,))
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(params, unflatten(flat, list(params.values()))))
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, named, (x,)), y)
+
+    expected = torch.func.hessian(loss)(flatten(list(params.values())))
+    weights = [p.clone().requires_grad_(True) for p in params.values()]
+    grads = torch.autograd.grad(loss(flatten(weights)), weights, create_graph=True)
+    hessian = HessianOperator(grads, weights)
+    assert torch.allclose(dense_matrix(hessian, weights), expected, atol=1e-12)
+    batch = [torch.randn(3, *w.shape, dtype=torch.float64) for w in weights]
+    batched = hessian.matmat(batch)
+    for j in range(3):
+        single = hessian.matvec([b[j] for b in batch])
+        assert all(torch.allclose(a[j], s, atol=1e-13) for a, s in zip(batched, single))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "neumann", "terms": -1}, "terms"),
+        ({"name": "neumann", "alpha": 0.0}, "alpha"),
+        ({"name": "neumann", "alpha": -0.1}, "alpha"),
+        ({"name": "cg", "terms": -2}, "max_iter"),
+        ({"name": "cg", "damping": -1.0}, "damping"),
+        ({"name": "nystrom", "rank": 0}, "rank"),
+        ({"name": "newton"}, "solver"),
+    ],
+)
+def test_bad_solver_settings_raise_one_line_errors_naming_the_field(kwargs, field):
+    with pytest.raises(ConfigError) as error:
+        make_solver(**kwargs)
+    message = str(error.value)
+    assert message.startswith(field) and "\n" not in message
+
+
+def test_make_solver_maps_names_to_solvers():
+    assert make_solver("identity") == Identity()
+    assert make_solver("neumann", terms=7, alpha=0.2, damping=0.1) == Neumann(terms=7, alpha=0.2, damping=0.1)
+    assert make_solver("cg", terms=9, damping=0.1) == ConjugateGradient(max_iter=9, damping=0.1)
+    assert make_solver("nystrom", rank=4) == Nystrom(rank=4)
+    assert make_solver("nystrom", rank=4, damping=0.3) == Nystrom(rank=4, rho=0.3)
+    assert make_solver("exact", damping=0.2) == Exact(damping=0.2)
