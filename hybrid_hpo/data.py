@@ -12,7 +12,18 @@ mnist          (1, 28, 28)   10      official test set (torchvision)
 fashion_mnist  (1, 28, 28)   10      official test set (torchvision)
 cifar10        (3, 32, 32)   10      official test set (torchvision)
 cifar100       (3, 32, 32)   100     official test set (torchvision)
+text           (32,)         ~100    last 10% of the character windows (see hybrid_hpo.text)
 ============== ============= ======= =====================================================
+
+``text`` is a character-level language-modelling set from Python's own documentation
+(:mod:`hybrid_hpo.text`, no download): x and y are int64 (N, 32) token windows, y the next
+characters; num_classes is the vocabulary size. Its validation split is a seeded random (not
+stratified) fraction of the non-test windows.
+
+Class imbalance (``imbalance=r``, classification only): after the split, the TRAIN split keeps
+n_c = round(n_max · r^(-c/(C-1))) examples of class c = 0..C-1 (a seeded random subset), with n_max
+the smallest class count of the balanced train split, so class 0 keeps n_max and class C-1 about
+n_max/r (the long-tailed profile of Cui et al. 2019). Validation and test stay balanced.
 
 Validation is carved out of the training pool: a stratified, ``seed``-dependent fraction
 ``val_fraction``; ``train_size`` / ``val_size`` then keep a (stratified where possible) subset.
@@ -33,13 +44,14 @@ from sklearn.model_selection import train_test_split
 
 from hybrid_hpo.errors import ConfigError
 
-DATASETS: tuple[str, ...] = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS: tuple[str, ...] = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "text")
 
 DEFAULT_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "hybrid_hpo", "data")
 """Where torchvision datasets live when ``root`` is None."""
 
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0  # fixed: the digits test split never depends on the run's seed
+_TEXT_TEST_FRACTION = 0.1  # the last windows of the corpus
 
 # name -> (torchvision class name, folder torchvision expects under root, input_shape, num_classes)
 _TORCHVISION = {
@@ -52,7 +64,7 @@ _TORCHVISION = {
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)``."""
+    """One split: ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)`` (text: both int64 (N, T))."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -81,12 +93,14 @@ class DataSplits:
 
 def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | None = None,
                  download: bool = False, train_size: int | None = None,
-                 val_size: int | None = None) -> DataSplits:
+                 val_size: int | None = None, imbalance: float | None = None) -> DataSplits:
     """Load ``name`` (one of :data:`DATASETS`) and split it.
 
     The training pool (all non-test examples) is split into val (``val_fraction`` of it, stratified,
     seeded by ``seed``) and train (the rest); ``train_size`` / ``val_size`` optionally keep only that
-    many of each. The test split never depends on ``seed``, ``val_fraction`` or the sizes.
+    many of each; ``imbalance`` (a ratio r >= 1, None for none) then thins the train split's classes
+    exponentially down to 1/r (module docstring). The test split never depends on ``seed``,
+    ``val_fraction``, the sizes or ``imbalance``.
     ``root`` / ``download`` only matter for the torchvision datasets (``root`` None -> DEFAULT_ROOT).
     """
     if name not in DATASETS:
@@ -99,11 +113,19 @@ def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | N
             raise ConfigError(f"{arg}: got {size!r}; use a positive integer or leave it unset (None) for all")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed: got {seed!r}; use an integer in [0, 2**32)")
+    if imbalance is not None and (isinstance(imbalance, bool) or not isinstance(imbalance, numbers.Real)
+                                  or not 1.0 <= float(imbalance) < float("inf")):
+        raise ConfigError(f"imbalance: got {imbalance!r}; use a ratio >= 1 (largest / smallest train class), "
+                          "e.g. 50, or leave it unset (None) for balanced classes")
+    if imbalance is not None and name == "text":
+        raise ConfigError("imbalance: the text dataset has no classes to thin; leave imbalance unset")
 
     if name == "digits":
         x, y, test_x, test_y, input_shape, num_classes = _digits()
     elif name == "mnist1d":
         x, y, test_x, test_y, input_shape, num_classes = _mnist1d()
+    elif name == "text":
+        x, y, test_x, test_y, input_shape, num_classes = _text()
     else:
         x, y, test_x, test_y, input_shape, num_classes = _torchvision(name, root, download)
 
@@ -115,9 +137,11 @@ def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | N
     train_idx, val_idx = _stratified_split(np.arange(len(y)), y, n_val, rng)
     train_idx = _subset(train_idx, y, train_size, "train_size", rng)
     val_idx = _subset(val_idx, y, val_size, "val_size", rng)
+    if imbalance is not None:
+        train_idx = _imbalance(train_idx, y, float(imbalance), num_classes, rng)
     return DataSplits(
         train=_take(x, y, train_idx), val=_take(x, y, val_idx),
-        test=Split(_as_float(test_x), torch.tensor(test_y, dtype=torch.int64)),
+        test=Split(_as_tensor(test_x), torch.tensor(test_y, dtype=torch.int64)),
         num_classes=num_classes, input_shape=input_shape, name=name,
     )
 
@@ -130,6 +154,9 @@ def _stratified_split(idx: np.ndarray, y: np.ndarray, n_pick: int,
     Stratified by ``y[idx]`` when every class can appear on both sides; otherwise a plain shuffle.
     """
     labels = y[idx]
+    if labels.ndim > 1:  # sequences (text): no class to stratify by
+        rest, picked = train_test_split(idx, test_size=n_pick, random_state=rng)
+        return np.sort(rest), np.sort(picked)
     counts = np.bincount(labels)
     present = counts[counts > 0]
     can_stratify = min(n_pick, len(idx) - n_pick) >= len(present) and present.min() >= 2
@@ -149,13 +176,30 @@ def _subset(idx: np.ndarray, y: np.ndarray, size: int | None, arg: str,
     return _stratified_split(idx, y, size, rng)[1]
 
 
+def _imbalance(idx: np.ndarray, y: np.ndarray, ratio: float, num_classes: int,
+               rng: np.random.RandomState) -> np.ndarray:
+    """Keep round(n_max · ratio^(-c/(C-1))) of class c's examples in ``idx`` (seeded), n_max = the
+    smallest class count in ``idx``; ConfigError when the smallest class would keep none."""
+    counts = np.bincount(y[idx], minlength=num_classes)
+    n_max = int(counts.min())
+    keep = [int(round(n_max * ratio ** (-c / (num_classes - 1)))) for c in range(num_classes)]
+    if keep[-1] < 1:
+        raise ConfigError(f"imbalance: ratio {ratio:g} leaves class {num_classes - 1} no training example "
+                          f"(the smallest class has {n_max} here); use at most {2 * n_max - 1} or a "
+                          "smaller val_fraction")
+    kept = [rng.permutation(idx[y[idx] == c])[:n] for c, n in enumerate(keep)]
+    return np.sort(np.concatenate(kept))
+
+
 def _take(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
-    return Split(_as_float(x[idx]), torch.as_tensor(y[idx], dtype=torch.int64))
+    return Split(_as_tensor(x[idx]), torch.as_tensor(y[idx], dtype=torch.int64))
 
 
-def _as_float(x: np.ndarray) -> torch.Tensor:
-    """A float32 copy: uint8 pixels are scaled to [0, 1], float values are kept."""
+def _as_tensor(x: np.ndarray) -> torch.Tensor:
+    """A copy: integer tokens (int64) stay int64; otherwise float32 (uint8 pixels scaled to [0, 1])."""
     t = torch.as_tensor(x)
+    if t.dtype == torch.int64:
+        return t.clone()
     out = t.to(torch.float32, copy=True)
     return out.div_(255.0) if t.dtype == torch.uint8 else out
 
@@ -192,6 +236,16 @@ def _mnist1d():
     x = data["x"].astype(np.float32)[:, None, :]
     test_x = data["x_test"].astype(np.float32)[:, None, :]
     return x, data["y"].astype(np.int64), test_x, data["y_test"].astype(np.int64), (1, 40), 10
+
+
+@functools.lru_cache(maxsize=1)
+def _text():
+    """Character windows of :mod:`hybrid_hpo.text`: pool = the first 90%, test = the last 10%."""
+    from hybrid_hpo import text
+
+    x, y = text.windows()
+    n_test = int(np.ceil(_TEXT_TEST_FRACTION * len(y)))
+    return x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:], (text.WINDOW,), len(text.vocabulary())
 
 
 def _torchvision(name: str, root: str | None, download: bool):

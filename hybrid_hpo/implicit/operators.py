@@ -23,6 +23,14 @@ class LinearOperator(Protocol):
         """A V for a batch of k vectors (leading dimension k on every tensor)."""
 
 
+#: On CPU, ``HessianOperator.matmat`` runs one vmap-batched backward only while the weights have at
+#: most this many entries; above it, k sequential products through the retained graph were faster
+#: (bench/matmat.py: batched/loop 1.3-1.6x for the 21k-weight CNN and the 1.1M-weight MLP at k = 5
+#: and 20; batching won only on the dispatch-bound 650-weight logistic regression). Other devices
+#: always batch.
+CPU_BATCH_MAX_NUMEL = 10_000
+
+
 class HessianOperator:
     """H v = d/dw <dL_T/dw, v> by reverse-over-reverse autograd on one retained gradient graph.
 
@@ -30,12 +38,24 @@ class HessianOperator:
     product differentiates it again with ``retain_graph=True``, so K products cost K backward
     passes through the gradient graph and no forward pass. Entries of ``grads`` that carry no
     graph (L_T is at most linear in that weight) contribute nothing to H.
+
+    Reverse-over-reverse with the graph reused beat forward-over-reverse (``torch.func.jvp`` of the
+    gradient, which redoes the forward and backward for every product) by 1.7x per product on the
+    1.1M-weight MLP (bench/hypergrad_cost.py), so it is the only mode.
+
+    ``batch_max_numel``: ``matmat`` batches (vmap) when the weights have at most this many entries,
+    else loops over the k vectors; ``None`` always batches; ``"auto"`` (default) is
+    :data:`CPU_BATCH_MAX_NUMEL` on CPU and ``None`` elsewhere.
     """
 
-    def __init__(self, grads: Sequence[Tensor], weights: Sequence[Tensor]):
+    def __init__(self, grads: Sequence[Tensor], weights: Sequence[Tensor], batch_max_numel: int | None | str = "auto"):
         self.weights = list(weights)
         self._connected = [i for i, g in enumerate(grads) if g.requires_grad]
         self._outputs = [grads[i] for i in self._connected]
+        if batch_max_numel == "auto":
+            on_cpu = bool(self.weights) and self.weights[0].device.type == "cpu"
+            batch_max_numel = CPU_BATCH_MAX_NUMEL if on_cpu else None
+        self._batched = batch_max_numel is None or sum(w.numel() for w in self.weights) <= batch_max_numel
 
     def _backward(self, vs: Sequence[Tensor], batched: bool) -> TensorList:
         if not self._outputs:
@@ -54,6 +74,8 @@ class HessianOperator:
         return self._backward(v, batched=False)
 
     def matmat(self, vs: Sequence[Tensor]) -> TensorList:
+        if not self._batched:
+            return _stack_columns(self.matvec, vs)
         try:
             return self._backward(vs, batched=True)
         except RuntimeError:

@@ -1,0 +1,310 @@
+"""The inner loop: Algorithm 2 of Lorraine, Vicol & Duvenaud (AISTATS 2020).
+
+    repeat
+        inner_steps times:  w ← inner_optimizer step on L_T(w, λ) over a training mini-batch
+        once:               g = dL_V/dλ by the IFT (hybrid_hpo.implicit.hypergradient) on a fresh
+                            training batch (L_T) and a validation batch (L_V);
+                            λ ← hyper_optimizer step with g, unless g is not finite (rejected)
+
+An epoch is one pass over the training split in shuffled mini-batches; the count of inner steps
+runs across epochs, so a hyper step happens after every ``inner_steps`` inner steps whatever the
+epoch length. All randomness of the loop (shuffles, hyper batches) comes from one CPU
+``torch.Generator`` seeded with ``config.seed``; model initialisation uses the same seed in a
+forked global RNG. On CPU a run is therefore reproducible, and :meth:`BilevelTrainer.state_dict`
+/ :meth:`BilevelTrainer.load_state_dict` continue it bit for bit.
+
+Metrics (one dict per epoch; losses are mean cross-entropy without any penalty, measured on the
+full splits in eval mode after the epoch): epoch, train/val/test loss and acc, hypergrad_norm
+(mean L2 norm of the accepted hypergradients of the epoch), solver_residual (mean relative residual
+of the linear solves, NaN for solvers without one), solver_diverged_steps, rejected_hyper_steps,
+hyper_steps (counts in this epoch; rejected steps are included in hyper_steps), epoch_time_s,
+num_hparams, and the family's summaries (decay_mean, ...).
+
+A family without λ (``num_hparams == 0``, e.g. the fixed_augment baseline) trains the weights
+only: no hyper optimizer, no hyper steps (hyper_steps 0, hypergrad_norm NaN).
+:meth:`BilevelTrainer.render` writes the family's pictures of λ (PNG files).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid_hpo.config import RunConfig
+from hybrid_hpo.data import DataSplits, Split, load_dataset
+from hybrid_hpo.hyper import FamilyContext, family_class
+from hybrid_hpo.implicit import hypergradient, make_solver
+from hybrid_hpo.models import build_model
+
+logger = logging.getLogger(__name__)
+
+_EVAL_CHUNK = 1024  # examples per forward pass when evaluating a split
+_STATE_FORMAT = 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_optimizer(name: str, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    """One of config.OPTIMIZERS: sgd, momentum (SGD, momentum 0.9), adam, rmsprop."""
+    params = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")  # RunConfig.validate rejects it first
+
+
+def _model_fn(model: nn.Module, buffers: Mapping[str, Tensor], params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """model(x) with ``params`` (and ``buffers``) substituted: torch.func.functional_call."""
+    return torch.func.functional_call(model, {**buffers, **params}, (x,))
+
+
+class BilevelTrainer:
+    """Weights by SGD-like steps, hyperparameters by IFT hypergradients (see the module docstring).
+
+    Args:
+        config: the run settings (validated here).
+        device: overrides ``config.device``; "auto" picks cuda when available.
+        data: pre-loaded splits (e.g. shared between trials); default: ``load_dataset`` from config.
+
+    Attributes:
+        epoch: epochs completed.
+        model: the ``nn.Module`` (its parameters are the weights w).
+        family: the :class:`~hybrid_hpo.hyper.HyperFamily` owning λ.
+    """
+
+    def __init__(self, config: RunConfig, device: str | torch.device | None = None,
+                 data: DataSplits | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device if device is None else device)
+        if data is None:
+            data = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed,
+                                root=config.data_root, download=config.download,
+                                train_size=config.train_size, val_size=config.val_size,
+                                imbalance=config.imbalance)
+        self.data = data.to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                                     hidden=config.hidden, activation=config.activation).to(self.device)
+            context = FamilyContext(params=dict(self.model.named_parameters()), num_train=len(data.train),
+                                    input_shape=data.input_shape, num_classes=data.num_classes)
+            self.family = family_class(config.family).from_config(config, context)
+        self.inner_optimizer = make_optimizer(config.inner_optimizer, self.model.parameters(), config.inner_lr)
+        self.hyper_optimizer = (make_optimizer(config.hyper_optimizer, self.family.hparams().values(),
+                                               config.hyper_lr) if self.family.num_hparams else None)
+        self.solver = make_solver(config.solver, terms=config.terms, alpha=config.alpha,
+                                  damping=config.damping, rank=config.rank)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.inner_step_count = 0  # across epochs: a hyper step follows every inner_steps-th inner step
+
+    # ---------------------------------------------------------------------------------- the loop
+    def train_epoch(self) -> dict[str, float]:
+        """One epoch of Algorithm 2; returns its metrics dict (see the module docstring)."""
+        return self._run_epoch(lambda: None)
+
+    def fit(self, epochs: int | None = None, progress: bool = True,
+            on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        """Run ``epochs`` more epochs (default: until ``config.epochs`` are done) and return their
+        metrics. ``progress`` shows a tqdm bar over inner steps; ``on_epoch`` gets each metrics dict
+        as soon as its epoch ends (print with ``tqdm.write`` to keep the bar intact)."""
+        from tqdm.auto import tqdm
+
+        epochs = max(self.config.epochs - self.epoch, 0) if epochs is None else epochs
+        steps = math.ceil(len(self.data.train) / self.config.batch_size)
+        history = []
+        with tqdm(total=epochs * steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
+            for _ in range(epochs):
+                metrics = self._run_epoch(lambda: bar.update(1))
+                bar.set_postfix(epoch=metrics["epoch"], val_loss=f"{metrics['val_loss']:.4f}",
+                                test_acc=f"{metrics['test_acc']:.3f}")
+                history.append(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+        return history
+
+    def _run_epoch(self, tick: Callable[[], None]) -> dict[str, float]:
+        start = time.perf_counter()
+        config, train = self.config, self.data.train
+        self.model.train()
+        stats = _HyperStats()
+        order = torch.randperm(len(train), generator=self.generator).to(self.device)
+        for index in order.split(config.batch_size):
+            self._inner_step((train.x[index], train.y[index], index))
+            self.inner_step_count += 1
+            if self.hyper_optimizer is not None and self.inner_step_count % config.inner_steps == 0:
+                self._hyper_step(stats)
+            tick()
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, **self._evaluate()}
+        metrics.update(stats.summary())
+        if stats.rejected:
+            logger.warning("epoch %d: rejected %d of %d hyper steps (non-finite hypergradient; λ kept). Lower "
+                           "inner_lr / hyper_lr or alpha, or add damping", self.epoch, stats.rejected, stats.steps)
+        metrics["num_hparams"] = self.family.num_hparams
+        metrics.update(self.family.summaries(self._params()))
+        metrics["epoch_time_s"] = time.perf_counter() - start
+        return metrics
+
+    def _params(self, detach: bool = False) -> dict[str, Tensor]:
+        return {name: p.detach() if detach else p for name, p in self.model.named_parameters()}
+
+    def _detached_hparams(self) -> dict[str, Tensor]:
+        return {name: t.detach() for name, t in self.family.hparams().items()}
+
+    def _inner_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
+        """One optimizer step on the weights: w ← step(∇_w L_T(w, λ)) with λ fixed."""
+        buffers = dict(self.model.named_buffers())
+        loss = self.family.train_loss(partial(_model_fn, self.model, buffers), self._params(),
+                                      self._detached_hparams(), batch)
+        self.inner_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.inner_optimizer.step()
+
+    def _draw(self, split: Split) -> tuple[Tensor, Tensor, Tensor]:
+        """A mini-batch of distinct examples (the whole split when it is smaller than a batch)."""
+        index = torch.randperm(len(split), generator=self.generator)[: self.config.batch_size].to(self.device)
+        return split.x[index], split.y[index], index
+
+    def _hyper_step(self, stats: _HyperStats) -> None:
+        """One step on λ with the IFT hypergradient; rejected (λ unchanged) when not finite."""
+        train_batch, val_batch = self._draw(self.data.train), self._draw(self.data.val)
+        # Copies of the buffers: BatchNorm running statistics must not move during the HVPs.
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        model_fn = partial(_model_fn, self.model, buffers)
+        family = self.family
+        grads, info = hypergradient(
+            lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
+            lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
+            self._params(detach=True), self._detached_hparams(), solver=self.solver, return_info=True,
+        )
+        stats.record(info)
+        if not info.finite:
+            logger.debug("epoch %d: rejected a non-finite hypergradient (%s, residual %.3g, diverged %s)",
+                         self.epoch + 1, info.solver, info.residual, info.diverged)
+            return
+        leaves = family.hparams()
+        for name, leaf in leaves.items():
+            leaf.grad = grads[name].to(leaf.dtype)
+        self.hyper_optimizer.step()
+        self.hyper_optimizer.zero_grad(set_to_none=True)
+        stats.add_norm(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(grads.values())))))
+
+    # --------------------------------------------------------------------------------- pictures
+    def render(self, directory: str | Path) -> list[Path]:
+        """Write the family's pictures of λ (e.g. the weight-decay histogram, augmentation samples,
+        distilled images) as PNG files into ``directory`` and return their paths; does not change
+        the training state (see :meth:`HyperFamily.render`)."""
+        return self.family.render(self._params(detach=True), Path(directory), self.data)
+
+    # ---------------------------------------------------------------------------------- metrics
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float]:
+        """Mean cross-entropy, accuracy and balanced accuracy (mean per-class recall over the classes
+        present) on the full train / val / test splits, eval mode. Sequence targets (N, T) count per
+        token."""
+        self.model.eval()
+        params, hparams = self._params(detach=True), self._detached_hparams()
+        model_fn = partial(_model_fn, self.model, dict(self.model.named_buffers()))
+        values = []
+        for split in (self.data.train, self.data.val, self.data.test):
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.float64, device=self.device)
+            by_class = torch.zeros((2, self.data.num_classes), dtype=torch.float64, device=self.device)
+            for x, y in zip(split.x.split(_EVAL_CHUNK), split.y.split(_EVAL_CHUNK)):
+                logits = self.family.predict(model_fn, params, hparams, x)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                predicted = logits.argmax(dim=1)
+                correct += (predicted == y).sum()
+                by_class += torch.stack(per_class_counts(predicted, y, self.data.num_classes))
+            present = by_class[1] > 0
+            recall = (by_class[0][present] / by_class[1][present]).mean()
+            values += [loss_sum / split.y.numel(), correct / split.y.numel(), recall]
+        self.model.train()
+        numbers = torch.stack(values).tolist()
+        keys = ("train_loss", "train_acc", "train_balanced_acc", "val_loss", "val_acc", "val_balanced_acc",
+                "test_loss", "test_acc", "test_balanced_acc")
+        return dict(zip(keys, numbers))
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue: weights, raw λ, both optimizers, the batch generator,
+        counters and the config (as a plain dict). Tensors are copies; the dict holds only tensors,
+        numbers, strings, lists and dicts, so ``torch.load(path, weights_only=True)`` reads it."""
+        return copy.deepcopy({
+            "format": _STATE_FORMAT,
+            "epoch": self.epoch,
+            "inner_step_count": self.inner_step_count,
+            "model": self.model.state_dict(),
+            "hparams": self.family.state_dict(),
+            "inner_optimizer": self.inner_optimizer.state_dict(),
+            "hyper_optimizer": {} if self.hyper_optimizer is None else self.hyper_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "config": self.config.to_dict(),
+        })
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict` into a trainer built from the same config; training then
+        continues exactly as the saved trainer would have (bit for bit on CPU)."""
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"unsupported trainer state format {state.get('format')!r}; expected {_STATE_FORMAT}")
+        self.model.load_state_dict(state["model"])
+        self.family.load_state_dict(state["hparams"])
+        self.inner_optimizer.load_state_dict(state["inner_optimizer"])
+        if self.hyper_optimizer is not None:
+            self.hyper_optimizer.load_state_dict(state["hyper_optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.epoch = int(state["epoch"])
+        self.inner_step_count = int(state["inner_step_count"])
+
+
+def per_class_counts(predicted: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(correct, seen): float64 (num_classes,) counts of right predictions and of examples per true
+    class; recall_c = correct_c / seen_c. ``predicted`` and ``y`` are class indices of equal shape."""
+    seen = torch.bincount(y.reshape(-1), minlength=num_classes).double()
+    correct = torch.bincount(y[predicted == y], minlength=num_classes).double()
+    return correct, seen
+
+
+class _HyperStats:
+    """Per-epoch hyper-step diagnostics; the norms stay on the device until :meth:`summary`."""
+
+    def __init__(self) -> None:
+        self.steps = self.rejected = self.diverged = 0
+        self.residuals: list[float] = []
+        self.norms: list[Tensor] = []
+
+    def record(self, info) -> None:
+        self.steps += 1
+        self.rejected += not info.finite
+        self.diverged += info.diverged
+        if not math.isnan(info.residual):
+            self.residuals.append(info.residual)
+
+    def add_norm(self, norm: Tensor) -> None:
+        self.norms.append(norm)
+
+    def summary(self) -> dict[str, float]:
+        norm = torch.stack(self.norms).mean().item() if self.norms else math.nan
+        residual = sum(self.residuals) / len(self.residuals) if self.residuals else math.nan
+        return {"hypergrad_norm": norm, "solver_residual": residual, "solver_diverged_steps": self.diverged,
+                "rejected_hyper_steps": self.rejected, "hyper_steps": self.steps}

@@ -1,0 +1,170 @@
+"""The hyperparameter-family interface: what the bilevel loop needs from a kind of λ.
+
+A family owns
+  * its λ tensors: unconstrained *raw* leaf tensors (``requires_grad=True``) that the hyper
+    optimizer steps; a family maps them to constrained values itself (e.g. decay = softplus(raw));
+  * how λ enters the training loss L_T (and, if at all, the validation loss L_V, and the forward
+    pass through :meth:`HyperFamily.predict`);
+  * summaries for metrics (plain floats, computed once per epoch) and its state.
+
+The loss methods are pure functions of their arguments, so the same code serves the inner weight
+steps (live parameters, detached λ) and the hypergradient (detached copies of both, re-attached by
+:func:`hybrid_hpo.implicit.hypergradient`):
+
+    model_fn(params, x) -> logits   # torch.func.functional_call(model, params, (x,))
+    batch = (x, y, index)           # x (B, *input_shape), y (B,) int64, index (B,) int64 positions
+                                    # of the examples in their split (per-example families use it)
+
+How later families fit: learned augmentation (λ = weights of a network transforming x inside
+``train_loss``), dataset distillation (λ = synthetic images; ``train_loss`` ignores the real batch),
+per-example loss weights (λ of shape (num_train,), gathered with ``batch[2]``), per-unit dropout
+(λ = keep logits; ``predict`` and ``train_loss`` change the forward pass).
+
+Randomness inside a loss (augmentation noise, dropout masks) comes from the family's own CPU
+``torch.Generator`` (:meth:`HyperFamily._seed_generator`), whose state is part of
+:meth:`HyperFamily.state_dict`, so a restored run continues bit for bit; draw on the CPU and move
+the result to the data's device. :meth:`HyperFamily.render` draws λ for people as PNG files.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hybrid_hpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hybrid_hpo.config import RunConfig
+    from hybrid_hpo.data import DataSplits
+
+ModelFn = Callable[[Mapping[str, Tensor], Tensor], Tensor]
+Batch = tuple[Tensor, Tensor, Tensor]
+
+GENERATOR_KEY = "rng_state"
+"""Key of the family generator's state in :meth:`HyperFamily.state_dict` (never a λ name)."""
+
+
+@dataclass(frozen=True)
+class FamilyContext:
+    """What a family may need to size and place its λ.
+
+    params:      the model's named parameters (shapes, dtype and device of the weights).
+    num_train:   training-split size (per-example families have one λ per example).
+    input_shape: shape of one input x, e.g. (1, 8, 8).
+    num_classes: number of classes C of the logits.
+    """
+
+    params: Mapping[str, Tensor]
+    num_train: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+class HyperFamily(ABC):
+    """Base class of a hyperparameter family (see the module docstring).
+
+    Subclasses set ``name``, create their raw leaf tensors in ``__init__`` and store them with
+    :meth:`_register`, and implement :meth:`from_config`, :meth:`train_loss` and :meth:`summaries`.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._raw: dict[str, Tensor] = {}
+        self.generator: torch.Generator | None = None
+
+    def _register(self, name: str, value: Tensor) -> None:
+        """Keep ``value`` as the raw leaf λ tensor ``name`` (a detached copy that requires grad)."""
+        if name == GENERATOR_KEY:
+            raise ValueError(f"{GENERATOR_KEY!r} is reserved for the generator state; name the λ tensor otherwise")
+        self._raw[name] = value.detach().clone().requires_grad_(True)
+
+    def _seed_generator(self, seed: int) -> torch.Generator:
+        """Create :attr:`generator`, the family's CPU random stream (saved in :meth:`state_dict`)."""
+        self.generator = torch.Generator().manual_seed(seed)
+        return self.generator
+
+    # ------------------------------------------------------------------ construction and config
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: RunConfig, context: FamilyContext) -> HyperFamily:
+        """The family a run configuration asks for, sized by ``context``."""
+
+    @classmethod
+    def validate_config(cls, config: RunConfig) -> None:
+        """Raise ConfigError for settings this family cannot use (default: accept all)."""
+
+    # --------------------------------------------------------------------------------- λ tensors
+    def hparams(self) -> dict[str, Tensor]:
+        """The raw λ leaf tensors, name -> tensor (the hyper optimizer steps exactly these)."""
+        return dict(self._raw)
+
+    @property
+    def num_hparams(self) -> int:
+        """Total number of scalar hyperparameters."""
+        return sum(t.numel() for t in self._raw.values())
+
+    # ---------------------------------------------------------------------------------- losses
+    def predict(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                x: Tensor) -> Tensor:
+        """Logits (B, C) for inputs x (B, *input_shape); default: the model unchanged."""
+        return model_fn(params, x)
+
+    @abstractmethod
+    def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                   batch: Batch) -> Tensor:
+        """L_T(w, λ) on a training batch: a scalar tensor, differentiable in params and hparams."""
+
+    def val_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                 batch: Batch) -> Tensor:
+        """L_V on a validation batch; default: mean cross-entropy of :meth:`predict` (λ enters only
+        through the weights)."""
+        x, y, _ = batch
+        return F.cross_entropy(self.predict(model_fn, params, hparams, x), y)
+
+    # ------------------------------------------------------------------------- metrics and state
+    @abstractmethod
+    def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
+        """Human-readable numbers about λ (e.g. decay_mean), as Python floats; called once per
+        epoch, so it may synchronise with the device."""
+
+    def render(self, params: Mapping[str, Tensor], directory: Path, data: DataSplits | None = None) -> list[Path]:
+        """Write PNG pictures of λ for people into ``directory`` and return their paths (default:
+        none). ``params`` are the current weights, ``data`` the run's splits (for families that
+        show examples). Must not touch :attr:`generator` (drawing pictures cannot change training)."""
+        return []
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Copies of the raw λ tensors, plus the generator state under :data:`GENERATOR_KEY` when the
+        family has a generator (loadable with ``torch.load(weights_only=True)``)."""
+        state = {name: t.detach().clone() for name, t in self._raw.items()}
+        if self.generator is not None:
+            state[GENERATOR_KEY] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Copy saved raw λ into the existing leaves in place (optimizers keep referencing them) and
+        restore the generator state."""
+        state = dict(state)
+        generator_state = state.pop(GENERATOR_KEY, None)
+        if (generator_state is None) != (self.generator is None):
+            raise ConfigError(f"hparams: saved state {'lacks' if generator_state is None else 'has'} a random "
+                              f"generator state but the {self.name} family {'has' if self.generator else 'has no'} "
+                              "generator; restore with the same family")
+        if generator_state is not None:
+            self.generator.set_state(generator_state.cpu())
+        if set(state) != set(self._raw):
+            raise ConfigError(f"hparams: saved state has tensors {sorted(state)} but the {self.name} family "
+                              f"has {sorted(self._raw)}; restore with the same family settings")
+        with torch.no_grad():
+            for name, leaf in self._raw.items():
+                if state[name].shape != leaf.shape:
+                    raise ConfigError(f"hparams: saved {name!r} has shape {tuple(state[name].shape)}, expected "
+                                      f"{tuple(leaf.shape)}; restore with the same model and family settings")
+                leaf.copy_(state[name])

@@ -1,0 +1,134 @@
+"""Dataset distillation as hyperparameters: λ = the pixels of a few synthetic images per class.
+
+(Wang et al. 2018, "Dataset Distillation"; by implicit differentiation as in Lorraine, Vicol &
+Duvenaud 2020, Sec. 5.) With n = ``distill_per_class`` and C classes, λ is one tensor
+``images`` of shape (n·C, *input_shape) with fixed labels ``labels = [0]*n + [1]*n + ... `` The
+model trains only on them; the real training batch is ignored by L_T:
+
+    L_T(w, λ) = mean_j CE(f(images_j; w), labels_j) + 1/2 · c · ||w||²
+    L_V(w)    = mean_b CE(f(x_b; w), y_b)            on real validation data
+
+c = ``fixed_decay`` (a fixed L2 on every weight and bias). For the IFT the inner problem must be
+(approximately) solved: with ``model=logreg`` and c > 0 L_T is strongly convex in w, so w*(λ) is
+unique and the inner steps converge to it; with a CNN the inner problem is non-convex and the
+hypergradient is the usual local approximation.
+
+The pixels are unconstrained (no clamp to the data range) and start as noise,
+``INIT_PIXEL + INIT_NOISE · N(0, 1)`` = 0.25 + 0.1·N(0, 1) (0.25 is close to the mean pixel of
+digits, which lie in [0, 1]); no real example is copied in.
+
+:func:`fit_on_images` trains a *fresh* model on the distilled images only — the evaluation the
+results report (test accuracy of a model that never saw a real training example).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.hyper.augment import l2_penalty
+from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
+
+if TYPE_CHECKING:
+    from hybrid_hpo.config import RunConfig
+    from hybrid_hpo.data import DataSplits
+
+INIT_PIXEL = 0.25
+INIT_NOISE = 0.1
+GRID_FILE = "distilled_images.png"
+
+
+class Distill(HyperFamily):
+    """Learned synthetic training set (module docstring).
+
+    Args:
+        params: the model's named parameters (dtype and device of λ).
+        input_shape: shape of one input.
+        num_classes: C.
+        per_class: n, images per class (>= 1).
+        fixed_decay: c of the fixed L2 term in L_T (>= 0).
+
+    The initial pixels come from the global torch RNG (the trainer seeds it with ``config.seed``).
+    """
+
+    name = "distill"
+
+    def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], num_classes: int,
+                 per_class: int = 1, fixed_decay: float = 1e-3) -> None:
+        super().__init__()
+        if per_class < 1:
+            raise ConfigError(f"distill_per_class must be an integer >= 1 (got {per_class!r})")
+        if not fixed_decay >= 0:
+            raise ConfigError(f"fixed_decay must be >= 0 (got {fixed_decay!r})")
+        first = next(iter(params.values()))
+        self.per_class, self.fixed_decay = int(per_class), float(fixed_decay)
+        self.labels = torch.arange(num_classes, device=first.device).repeat_interleave(self.per_class)
+        shape = (num_classes * self.per_class, *input_shape)
+        self._register("images", INIT_PIXEL + INIT_NOISE * torch.randn(shape, dtype=first.dtype).to(first.device))
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: FamilyContext) -> Distill:
+        return cls(context.params, input_shape=context.input_shape, num_classes=context.num_classes,
+                   per_class=config.distill_per_class, fixed_decay=config.fixed_decay)
+
+    def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                   batch: Batch) -> Tensor:
+        """L_T on the distilled set; ``batch`` (real data) is not used."""
+        loss = F.cross_entropy(model_fn(params, hparams["images"]), self.labels)
+        return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
+
+    def images(self) -> tuple[Tensor, Tensor]:
+        """Detached copies of the distilled images (n·C, *input_shape) and their labels (n·C,)."""
+        return self._raw["images"].detach().clone(), self.labels.clone()
+
+    def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
+        """distill_pixel_mean / distill_pixel_std over all distilled pixels."""
+        with torch.no_grad():
+            images = self._raw["images"]
+            mean, std = torch.stack([images.mean(), images.std()]).tolist()
+        return {"distill_pixel_mean": mean, "distill_pixel_std": std}
+
+    def render(self, params: Mapping[str, Tensor], directory: Path, data: DataSplits | None = None) -> list[Path]:
+        """``distilled_images.png``: the grid of distilled images, one row per class (one row of C
+        images when n = 1), one grey scale [min, max] over the grid."""
+        from hybrid_hpo.pictures import image_grid
+
+        images, labels = self.images()
+        classes = [str(int(c)) for c in labels[:: self.per_class]]
+        title = f"distilled images: {self.per_class} per class"
+        path = Path(directory) / GRID_FILE
+        if self.per_class == 1:
+            return [image_grid(images, path, ncols=len(classes), titles=classes, title=title)]
+        return [image_grid(images, path, ncols=self.per_class, row_labels=classes, title=title)]
+
+
+def fit_on_images(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: float, optimizer: str = "adam",
+                  decay: float = 0.0) -> nn.Module:
+    """Train ``model`` in place by ``steps`` full-batch steps on (x, y) only, minimising
+    mean CE(model(x), y) + 1/2 · decay · ||w||²; returns the model (in eval mode).
+
+    ``optimizer`` is one of hybrid_hpo.config.OPTIMIZERS (sgd, momentum, adam, rmsprop).
+    """
+    from hybrid_hpo.bilevel import make_optimizer
+
+    x, y = x.detach(), y.detach()
+    params = dict(model.named_parameters())
+    step = make_optimizer(optimizer, params.values(), lr)
+    model.train()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y) + l2_penalty(params, decay)
+        step.zero_grad(set_to_none=True)
+        loss.backward()
+        step.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Fraction of (x, y) that ``model`` classifies correctly (one host sync)."""
+    return (model(x).argmax(dim=1) == y).double().mean().item()

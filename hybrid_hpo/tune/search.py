@@ -1,0 +1,282 @@
+"""The outer search: Ray Tune's OptunaSearch on a real Optuna storage, recording test metrics.
+
+Ray's ``OptunaSearch`` (2.60) only hands the objective to Optuna: ``on_trial_result`` reports it as
+an intermediate value at step ``training_iteration`` — but never for a trial's last result, which
+Tune routes straight to ``on_trial_complete`` — and ``on_trial_complete`` calls ``study.tell``.
+:class:`RecordingOptunaSearch` adds what a study needs to be read on its own in optuna-dashboard:
+
+- the last epoch's intermediate value, so every epoch 1..E of the objective is in the study;
+- every other numeric metric of the final result (test_acc, test_loss, val_acc, hypergrad_norm,
+  solver diagnostics, time_total_s, ...) and the Ray trial id as trial user attributes;
+- an honest state: COMPLETE when the trial ran to its budget, PRUNED when a scheduler (ASHA)
+  stopped it early, FAIL when it errored or the objective is not finite (Ray's version leaves such
+  a trial RUNNING forever because ``tell`` raises);
+- with :meth:`RecordingOptunaSearch.attach_pictures`, the pictures of the trial's last checkpoint
+  as Optuna artifacts (uploaded before ``tell``: a finished trial takes no more attributes).
+
+All writes go through the driver process, so a SQLite file is a safe storage.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.tune.artifacts import last_checkpoint, redact, upload_pictures
+from hybrid_hpo.tune.distributions import to_optuna_distribution
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS: tuple[str, ...] = ("tpe", "gp")
+STORAGE_FILENAME = "optuna.sqlite3"
+
+# Ray's bookkeeping keys in a result: not metrics, so not user attributes.
+_RAY_BOOKKEEPING = frozenset(
+    {
+        "done", "timestamp", "pid", "hostname", "node_ip", "date", "experiment_tag", "trial_id",
+        "time_this_iter_s", "time_since_restore", "iterations_since_restore", "timesteps_total",
+        "episodes_total", "timesteps_since_restore", "should_checkpoint", "checkpoint_dir_name",
+    }
+)
+# Text metrics kept as user attributes (all other strings in a result are Ray's or the config's).
+_TEXT_METRICS = frozenset({"node_id"})
+
+
+def default_study_name(prefix: str = "hybrid-hpo") -> str:
+    """A study name unique per call: ``<prefix>-<YYYYmmdd-HHMMSS>-<6 hex>``."""
+    return f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def sqlite_url(path: str | Path) -> str:
+    """RDB URL of a SQLite file, absolute: ``sqlite:////abs/path``."""
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+def make_storage(storage: str | optuna.storages.BaseStorage | None, results_dir: str | Path = "results"):
+    """An Optuna storage: a BaseStorage as is, an RDB URL, or (None) ``<results_dir>/optuna.sqlite3``.
+
+    For a SQLite URL the file's folder is created if missing and the database is switched to
+    write-ahead logging (see :func:`_fast_sqlite`).
+    """
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if storage is None:
+        storage = sqlite_url(Path(results_dir) / STORAGE_FILENAME)
+    if not isinstance(storage, str) or "://" not in storage:
+        shown = redact(storage) if isinstance(storage, str) else storage
+        raise ConfigError(f"storage: {shown!r} is not an RDB URL; use e.g. sqlite:////abs/path/optuna.sqlite3")
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        rdb = optuna.storages.RDBStorage(storage)
+    except Exception as error:  # SQLAlchemy raises many types for a bad URL or driver
+        reason = str(error).replace(storage, redact(storage)).strip().splitlines()[0]
+        raise ConfigError(f"storage: cannot open {redact(storage)!r} ({type(error).__name__}: {reason}); "
+                          "check the URL, that the server runs and that its driver is installed") from None
+    if rdb.engine.name == "sqlite" and storage != "sqlite:///:memory:":
+        _fast_sqlite(rdb)
+    return rdb
+
+
+def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
+    """WAL journal + synchronous=NORMAL on every connection of this storage.
+
+    Each user attribute and intermediate value is its own transaction; with the default rollback
+    journal each costs an fsync (measured ~22 ms here, 1.8 ms with WAL). WAL also lets
+    optuna-dashboard read while the sweep writes. The journal mode is stored in the file, so a
+    storage unpickled by ``Tuner.restore`` (new engine, no listener) keeps WAL.
+    """
+    from sqlalchemy import event
+
+    def set_pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(storage.engine, "connect", set_pragmas)
+    storage.engine.dispose()  # connections made so far lack the pragmas
+
+
+def storage_url(storage: optuna.storages.BaseStorage) -> str | None:
+    """The URL of an RDB storage (what ``hybrid-hpo dashboard --storage`` needs), else None."""
+    url = getattr(storage, "url", None)
+    return url if isinstance(url, str) else None
+
+
+def make_sampler(sampler: str, seed: int | None, n_startup_trials: int | None) -> optuna.samplers.BaseSampler:
+    """TPE (constant liar, so concurrent trials do not get the same suggestion) or GP."""
+    startup = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
+    if sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, **startup)
+    if sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **startup)
+    raise ConfigError(f"sampler: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def metrics_as_user_attrs(result: Mapping[str, Any], objective: str) -> dict[str, bool | int | float | str]:
+    """Numeric metrics of a (flattened) Tune result, minus Ray bookkeeping, config and the objective.
+
+    Non-finite floats become strings ('nan', 'inf') so the dashboard's JSON stays valid.
+    """
+    attrs: dict[str, bool | int | float | str] = {}
+    for key, value in result.items():
+        if key == objective or key in _RAY_BOOKKEEPING or key.startswith("config/") or key == "config":
+            continue
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+            value = value.item()
+        if isinstance(value, str) and key in _TEXT_METRICS:
+            attrs[key] = value
+        elif isinstance(value, bool) or isinstance(value, int):
+            attrs[key] = value
+        elif isinstance(value, float):
+            attrs[key] = value if math.isfinite(value) else str(value)
+    return attrs
+
+
+class RecordingOptunaSearch(OptunaSearch):
+    """OptunaSearch that also records the last epoch, all other metrics and the Ray id (see module doc).
+
+    ``budget_key``: the config key holding a trial's budget in ``training_iteration`` units (our
+    ``epochs``); a trial that ends before its budget was stopped by a scheduler and is told PRUNED.
+    """
+
+    def __init__(self, *args: Any, budget_key: str | None = "epochs", **kwargs: Any) -> None:
+        self._budget_key = budget_key
+        self._reported_step: dict[str, int] = {}
+        self._experiment_dir: str | None = None
+        self._artifact_dir: str | None = None
+        super().__init__(*args, **kwargs)
+
+    def attach_pictures(self, experiment_dir: str | Path, artifact_dir: str | Path) -> None:
+        """Upload each ended trial's checkpoint pictures (``<experiment_dir>/<trial>/checkpoint_*/
+        pictures/*.png``) into a FileSystemArtifactStore at ``artifact_dir``."""
+        self._experiment_dir, self._artifact_dir = str(experiment_dir), str(artifact_dir)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        step = result.get("training_iteration", 0)
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            if step <= self._reported_step.get(trial_id, 0):
+                return  # a trial restarted on resume re-reports epochs the study already holds
+            self._reported_step[trial_id] = step
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)  # Ray's "already finished" warning
+        if trial_id not in self._ot_trials:
+            logger.warning("trial %s completed but this searcher never suggested it; not in the study", trial_id)
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        state, reason = self._final_state(result, value, error)
+        if result:
+            step = result.get("training_iteration")
+            if value is not None and step is not None and step != self._reported_step.get(trial_id):
+                if math.isfinite(value):
+                    ot_trial.report(value, step)
+                self._reported_step[trial_id] = step
+            for key, attr in metrics_as_user_attrs(result, self.metric).items():
+                ot_trial.set_user_attr(key, attr)
+        if reason:
+            ot_trial.set_user_attr("end_reason", reason)
+        self._attach_pictures(trial_id, ot_trial)
+        self._ot_study.tell(ot_trial, value if state == TrialState.COMPLETE else None, state=state)
+        self._completed_trials.add(trial_id)
+
+    def _attach_pictures(self, trial_id: str, ot_trial: optuna.Trial) -> None:
+        if self._experiment_dir is None or self._artifact_dir is None:
+            return
+        try:
+            checkpoint = last_checkpoint(self._experiment_dir, trial_id)
+            if checkpoint is not None:
+                upload_pictures(ot_trial, checkpoint, self._artifact_dir)
+        except OSError as error:  # pictures are for people; never fail a trial over them
+            logger.warning("trial %s: pictures not attached (%s)", trial_id, error)
+            ot_trial.set_user_attr("pictures_error", str(error))
+
+    def _final_state(self, result: dict | None, value: Any, error: bool) -> tuple[TrialState, str]:
+        if error:
+            return TrialState.FAIL, "trial raised an error (see Ray's trial error.txt)"
+        if value is None:
+            return TrialState.PRUNED, "stopped before reporting the objective"
+        if not math.isfinite(value):
+            return TrialState.FAIL, f"{self.metric} is {value}"
+        budget = result.get(f"config/{self._budget_key}") if self._budget_key else None
+        if isinstance(budget, int) and result.get("training_iteration", budget) < budget:
+            return TrialState.PRUNED, f"stopped by the scheduler at iteration {result['training_iteration']} of {budget}"
+        return TrialState.COMPLETE, ""
+
+
+def fail_stale_running(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """Mark the study's RUNNING trials FAIL (``end_reason`` says why); return how many.
+
+    Call it only when Ray has finished every trial of the sweep. A trial still RUNNING then is one
+    the searcher asked Optuna for after Ray's last experiment checkpoint before an interruption:
+    the restored searcher does not know it (Ray suggests a fresh trial in its place), so without
+    this it would stay RUNNING in the study forever.
+    """
+    study_id = storage.get_study_id_from_name(study_name)
+    stale = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "end_reason", "sweep interrupted before Ray recorded this trial")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def make_search(
+    space: Mapping[str, Any],
+    metric: str = "val_loss",
+    mode: str = "min",
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    sampler: str = "tpe",
+    seed: int | None = None,
+    *,
+    n_startup_trials: int | None = None,
+    results_dir: str | Path = "results",
+) -> RecordingOptunaSearch:
+    """An OptunaSearch over ``space`` backed by a real Optuna storage, recording test metrics.
+
+    space: name -> LogUniform/Uniform/IntRange/Choice, a Ray Tune domain (tune.loguniform, ...)
+        or an optuna distribution. Fixed settings go in the Tune ``config``/``param_space``.
+    metric/mode: the objective reported by the trainable, "min" or "max".
+    storage: an RDB URL, an optuna BaseStorage, or None for ``<results_dir>/optuna.sqlite3``.
+    study_name: None gives a unique name (a rerun never appends to an old study by accident).
+    sampler: "tpe" (constant liar) or "gp"; seed: the sampler's seed;
+    n_startup_trials: random trials before the model kicks in (the sampler's default if None).
+    The study is created (or loaded, if the name exists) in the storage right away.
+    """
+    if not space:
+        raise ConfigError("space: empty search space; give at least one distribution")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode: {mode!r} is not valid; use 'min' or 'max'")
+    distributions = {name: to_optuna_distribution(name, value) for name, value in space.items()}
+    return RecordingOptunaSearch(
+        space=distributions,
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(sampler, seed, n_startup_trials),
+        study_name=study_name or default_study_name(),
+        storage=make_storage(storage, results_dir),
+    )

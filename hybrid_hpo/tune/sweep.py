@@ -1,0 +1,414 @@
+"""Run a validated sweep on Ray Tune: IFTTrainable per trial, RecordingOptunaSearch outside.
+
+Results directory (default ``results/<name>-<YYYYmmdd-HHMMSS>``)::
+
+    sweep.json        what --resume and people need: spec, storage URL (password hidden), study name
+    optuna.sqlite3    the default Optuna storage (unless --storage names another)
+    artifacts/        trial pictures as Optuna artifacts (``hybrid-hpo dashboard --artifact-dir``)
+    tune/             Ray Tune's experiment: per-trial result.json, checkpoints, experiment state
+
+Before Ray starts, :func:`preflight` checks what can be checked without it (results dir writable,
+``--address`` answering, the storage opening, an existing study's search space, datasets present
+offline), so bad input gives one line and exit code 2 with nothing written. On a cluster the
+results dir must be storage every node can write (Ray persists checkpoints there).
+
+Fault tolerance: a trial whose process dies is restarted from its last checkpoint up to
+``max_failures`` times (Ray's FailureConfig); the searcher hears of it only when it finally ends,
+so its Optuna trial is told once.
+
+Resume (``Tuner.restore``): trials that finished keep their results and are not re-run;
+unfinished trials continue from their last checkpoint (every ``checkpoint_every`` epochs) or
+restart; trials not yet created are created until ``num_trials``. Errored trials stay errored
+(their Optuna trial is FAIL already). The searcher comes back from Ray's pickle, so it keeps its
+Optuna trials and the study gets no duplicates; an Optuna trial asked for after Ray's last
+experiment checkpoint is marked FAIL at the end (see ``fail_stale_running``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hybrid_hpo.config import RunConfig
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.tune.artifacts import ARTIFACTS_DIR, redact
+from hybrid_hpo.tune.spec import SweepSpec
+
+METADATA_FILE = "sweep.json"
+EXPERIMENT_NAME = "tune"
+TABLE_METRICS: tuple[str, ...] = ("val_loss", "val_acc", "test_loss", "test_acc")
+# Seconds between Ray's experiment snapshots (trials + pickled searcher) and their copy into the
+# results dir: what --resume restores after a killed driver. Ray's defaults (>= 10 s, copy every
+# 300 s) would lose minutes of a sweep; a snapshot of a sweep this size takes milliseconds.
+EXPERIMENT_SNAPSHOT_S = 2
+OFFLINE_DATASETS: tuple[str, ...] = ("digits", "mnist1d")  # generated or shipped, never missing
+
+
+@dataclass
+class SweepPlan:
+    """Where a sweep writes; everything here is decided before anything is created."""
+
+    results_dir: Path
+    storage: str | None  # RDB URL, None = <results_dir>/optuna.sqlite3
+    study_name: str
+    num_samples: int
+    resume: bool
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished (or interrupted) sweep produced."""
+
+    results_dir: Path
+    storage_url: str
+    study_name: str
+    rows: list[dict[str, Any]]  # one per Ray trial, best first
+    wall_s: float
+    errors: int
+    interrupted: bool
+
+
+def plan_sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str | None = None,
+               num_samples: int | None = None, results_dir: str | Path | None = None,
+               resume: bool = False) -> SweepPlan:
+    """Decide paths and names, checking the command-line choices; creates nothing."""
+    from hybrid_hpo.tune.search import default_study_name
+
+    if num_samples is not None and num_samples < 1:
+        raise ConfigError(f"--num-samples: must be >= 1 (got {num_samples})")
+    if storage is not None and "://" not in storage:
+        raise ConfigError(f"--storage: {redact(storage)!r} is not an RDB URL; use e.g. "
+                          "sqlite:////abs/path/optuna.sqlite3 or postgresql://user@host:5432/db")
+    if resume:
+        return _plan_resume(spec, storage, study_name, num_samples, results_dir)
+    if results_dir is None:
+        results_dir = Path("results") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    results_dir = Path(results_dir).expanduser().resolve()
+    if (results_dir / METADATA_FILE).exists():
+        raise ConfigError(f"--results-dir: {results_dir} already holds a sweep; add --resume to continue it "
+                          "or choose another directory")
+    return SweepPlan(results_dir, storage, study_name or default_study_name(spec.name),
+                     num_samples or spec.num_trials, resume=False)
+
+
+def _plan_resume(spec: SweepSpec, storage: str | None, study_name: str | None, num_samples: int | None,
+                 results_dir: str | Path | None) -> SweepPlan:
+    if results_dir is None:
+        candidates = sorted(Path("results").glob(f"{spec.name}-*/{METADATA_FILE}"))
+        if not candidates:
+            raise ConfigError(f"--resume: no sweep of {spec.name!r} under results/; pass --results-dir DIR")
+        results_dir = candidates[-1].parent
+    results_dir = Path(results_dir).expanduser().resolve()
+    if not (results_dir / METADATA_FILE).exists():
+        raise ConfigError(f"--resume: {results_dir} holds no {METADATA_FILE}; pass the results dir of an earlier sweep")
+    saved = json.loads((results_dir / METADATA_FILE).read_text())
+    if num_samples is not None and num_samples != saved["num_samples"]:
+        raise ConfigError(f"--num-samples: a resumed sweep keeps its {saved['num_samples']} trials; drop --num-samples")
+    if study_name is not None and study_name != saved["study_name"]:
+        raise ConfigError(f"--study-name: a resumed sweep keeps {saved['study_name']!r}; drop --study-name")
+    if storage is not None and redact(storage) != saved["storage"]:
+        raise ConfigError(f"--storage: a resumed sweep keeps {saved['storage']!r}; drop --storage")
+    if storage is None and ":***@" in saved["storage"]:
+        raise ConfigError(f"--storage: {saved['storage']!r} was saved without its password; pass the full "
+                          "URL with --storage (or leave the password out and use PGPASSWORD / ~/.pgpass)")
+    if not (results_dir / EXPERIMENT_NAME).is_dir():
+        raise ConfigError(f"--resume: {results_dir / EXPERIMENT_NAME} is missing; Ray never started this sweep, "
+                          "run it again without --resume")
+    return SweepPlan(results_dir, storage or saved["storage"], saved["study_name"], saved["num_samples"], resume=True)
+
+
+def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, spec_path: str = "",
+              verbose: int = 1) -> SweepOutcome:
+    """Check the inputs (:func:`preflight`), start (or join, with ``address``) Ray, run the sweep
+    per ``plan``, return the outcome.
+
+    Ray is initialised here only if it is not running in this process yet, and shut down at the
+    end only if it was started here.
+    """
+    import ray
+
+    started = time.perf_counter()
+    storage = preflight(spec, plan, address=address)
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        _init_ray(address)
+    try:
+        outcome = _fit(spec, plan, storage, spec_path, verbose)
+    finally:
+        if own_ray:
+            ray.shutdown()
+    outcome.wall_s = time.perf_counter() - started
+    return outcome
+
+
+def preflight(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, check_data: bool = True):
+    """Everything checkable before Ray starts; returns the opened Optuna storage (RDBStorage).
+
+    ConfigError (one line, nothing written) for: a results dir that cannot be created or written,
+    nothing answering at ``address``, a storage URL that does not open, a study of that name with
+    a different search space / objective / fixed settings, a dataset missing offline (checked on
+    this machine when no ``address`` is given: on a cluster the data lives on the workers).
+    """
+    from hybrid_hpo.tune.search import make_storage
+
+    if not plan.resume:
+        _check_writable(plan.results_dir)
+    if address:
+        _probe(address)
+    if check_data and not address:
+        _check_datasets(spec)
+    if plan.storage is None:
+        return None  # a new SQLite file in the (not yet created) results dir: nothing to check
+    storage = make_storage(plan.storage)
+    if not plan.resume:
+        _check_study(spec, storage, plan.study_name, redact(plan.storage))
+    return storage
+
+
+def _check_writable(results_dir: Path) -> None:
+    """The nearest existing folder of ``results_dir`` is a folder we can write (a probe file is
+    created and removed there, so read-only mounts are caught even for root)."""
+    import tempfile
+
+    existing = results_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--results-dir: {results_dir} cannot be created: {existing} is a file, not a folder; "
+                          "choose another directory")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ConfigError(f"--results-dir: {results_dir} is not writable ({error.strerror} in {existing}); "
+                          "choose a writable directory") from None
+
+
+def _check_datasets(spec: SweepSpec) -> None:
+    """Load each non-generated dataset the sweep uses (fixed or searched) once, offline."""
+    from hybrid_hpo.data import load_dataset
+
+    fixed = RunConfig.from_mapping(spec.fixed_settings())
+    searched = spec.search.get("dataset")
+    names = set(getattr(searched, "values", ())) if searched is not None else {fixed.dataset}
+    if fixed.download:
+        return  # the trials download; nothing to check here
+    for name in sorted(names - set(OFFLINE_DATASETS)):
+        try:
+            load_dataset(name, val_fraction=0.5, root=fixed.data_root, download=False)
+        except ConfigError as error:
+            raise ConfigError(f"task.dataset: {error}") from None
+
+
+def _check_study(spec: SweepSpec, storage, study_name: str, shown_url: str) -> None:
+    """A study named ``study_name`` may be joined (several drivers, one study) only if a sweep with
+    the same search space, fixed settings and objective made it (see :func:`study_signature`)."""
+    found = [s for s in storage.get_all_studies() if s.study_name == study_name]
+    if not found:
+        return
+    mine, attrs = study_signature(spec), found[0].user_attrs
+    differs = [key.replace("_", " ") for key in mine if attrs.get(key) != mine[key]]
+    if not differs:
+        return
+    what = f"different {differs[0]}" if "search_space" in attrs else "sweep (no recorded search space)"
+    raise ConfigError(f"--study-name: {study_name!r} already exists in {shown_url} with a {what}; "
+                      "choose a new name (or continue that sweep with --resume --results-dir)")
+
+
+def study_signature(spec: SweepSpec) -> dict[str, Any]:
+    """What a study records about its sweep (user attributes), as stored (JSON round trip)."""
+    return json.loads(json.dumps({"search_space": search_space_json(spec), "fixed_settings": spec.fixed_settings(),
+                                  "metric": spec.metric}))
+
+
+def search_space_json(spec: SweepSpec) -> dict[str, str]:
+    """The sweep's search space as Optuna distribution JSON, stored on the study and compared by
+    :func:`preflight` when another driver joins the study."""
+    from optuna.distributions import distribution_to_json
+
+    from hybrid_hpo.tune.distributions import to_optuna_distribution
+
+    return {name: distribution_to_json(to_optuna_distribution(name, dist)) for name, dist in spec.search.items()}
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"--address: cannot join Ray at {address!r} ({reason}); check the address "
+                              "and that this machine runs the cluster's Ray and Python versions") from None
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1")
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an unreachable HOST:PORT (ray.init would retry for minutes)."""
+    match = re.fullmatch(r"([\w.\-]+):(\d+)", address)
+    if match is None:  # "auto", "ray://...": left to ray.init
+        return
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConfigError(f"--address: nothing answers at {address} ({error.strerror or error}); "
+                          "start Ray there (ray start --head) or fix the address") from None
+
+
+def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int) -> SweepOutcome:
+    from ray import tune
+
+    from hybrid_hpo.tune.search import fail_stale_running, make_search, make_storage, storage_url
+    from hybrid_hpo.tune.trainable import IFTTrainable
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage if storage is not None else make_storage(plan.storage, plan.results_dir)
+    url = storage_url(storage) or str(plan.storage)
+    trainable = tune.with_resources(IFTTrainable, trial_resources(spec))
+    if plan.resume:
+        tuner = tune.Tuner.restore(str(plan.results_dir / EXPERIMENT_NAME), trainable=trainable,
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+    else:
+        searcher = make_search(spec.search, spec.metric, spec.mode, storage=storage, study_name=plan.study_name,
+                               sampler=spec.sampler, seed=spec.seed, n_startup_trials=startup_trials(spec, plan))
+        searcher.attach_pictures(plan.results_dir / EXPERIMENT_NAME, plan.results_dir / ARTIFACTS_DIR)
+        for key, value in study_signature(spec).items():
+            searcher.study.set_user_attr(key, value)
+        searcher.study.set_user_attr("spec", spec_path)
+        (plan.results_dir / METADATA_FILE).write_text(json.dumps({
+            "spec": spec_path, "name": spec.name, "storage": redact(url), "study_name": plan.study_name,
+            "num_samples": plan.num_samples, "created": datetime.now().isoformat(timespec="seconds"),
+        }, indent=2) + "\n")
+        tuner = tune.Tuner(trainable, param_space=base_config(spec),
+                           tune_config=_tune_config(spec, plan, searcher),
+                           run_config=_run_config(spec, plan, verbose))
+    grid = tuner.fit()
+    finished = sum(r.metrics.get("done", False) or r.error is not None for r in grid)
+    interrupted = finished < len(grid) or len(grid) < plan.num_samples
+    if not interrupted:
+        fail_stale_running(storage, plan.study_name)
+    rows = result_rows(grid, spec)
+    return SweepOutcome(plan.results_dir, url, plan.study_name, rows, wall_s=math.nan,
+                        errors=sum(r.error is not None for r in grid), interrupted=interrupted)
+
+
+def base_config(spec: SweepSpec) -> dict[str, Any]:
+    """The fixed settings as a trial config, with ``epochs`` always explicit (the trial budget)."""
+    fixed = spec.fixed_settings()
+    return {**fixed, "epochs": RunConfig.from_mapping(fixed).epochs}
+
+
+def startup_trials(spec: SweepSpec, plan: SweepPlan) -> int:
+    """Random trials before the sampler's model: the spec's, else half the budget (2 to 10)."""
+    if spec.startup_trials is not None:
+        return spec.startup_trials
+    return max(2, min(10, plan.num_samples // 2))
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """CPUs and GPUs per trial; gpu "auto" = 1 when the Ray cluster has a GPU, else 0."""
+    import ray
+
+    gpu = spec.resources.gpu
+    if gpu == "auto":
+        gpu = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return {"cpu": spec.resources.cpu, "gpu": gpu}
+
+
+def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    scheduler = None
+    if spec.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base_config(spec)["epochs"],
+                                  grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
+    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
+                           scheduler=scheduler, num_samples=plan.num_samples, metric=spec.metric, mode=spec.mode,
+                           reuse_actors=True)
+
+
+def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=EXPERIMENT_NAME, storage_path=str(plan.results_dir), verbose=verbose,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=spec.checkpoint_every,
+                                                checkpoint_at_end=True),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        sync_config=tune.SyncConfig(sync_period=EXPERIMENT_SNAPSHOT_S),
+    )
+
+
+def result_rows(grid, spec: SweepSpec) -> list[dict[str, Any]]:
+    """One row per Ray trial (searched settings, metrics, epochs, seconds, status), best first.
+
+    status: done (ran all epochs), pruned (stopped early by ASHA), unfinished (interrupted), ERROR.
+    """
+    rows, budget = [], base_config(spec)["epochs"]
+    for result in grid:
+        metrics, config = result.metrics or {}, result.config or {}
+        row: dict[str, Any] = {"trial": metrics.get("trial_id", "?")}
+        row.update({key: config.get(key) for key in spec.search})
+        row.update({key: metrics.get(key, math.nan) for key in dict.fromkeys((spec.metric, *TABLE_METRICS))})
+        row["epochs"] = metrics.get("training_iteration", 0)
+        row["time_s"] = metrics.get("time_total_s", math.nan)
+        row["status"] = _status(result.error, metrics, budget)
+        rows.append(row)
+    sign = 1.0 if spec.mode == "min" else -1.0
+    rows.sort(key=lambda r: (math.isnan(r[spec.metric]), sign * r[spec.metric] if not math.isnan(r[spec.metric]) else 0))
+    return rows
+
+
+def _status(error: Any, metrics: dict[str, Any], budget: int) -> str:
+    if error is not None:
+        return "ERROR"
+    if not metrics.get("done"):
+        return "unfinished"
+    return "done" if metrics.get("training_iteration", 0) >= budget else "pruned"
+
+
+def format_table(rows: list[dict[str, Any]], limit: int = 10) -> str:
+    """A plain fixed-width table of the first ``limit`` rows."""
+    if not rows:
+        return "(no trials)"
+    shown = rows[:limit]
+    columns = list(shown[0])
+    cells = [[_cell(row[c]) for c in columns] for row in shown]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more trials in the study")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def dashboard_command(storage_url: str, artifact_dir: str | Path | None = None) -> str:
+    """The command that opens optuna-dashboard on a sweep (password hidden: see the README)."""
+    command = f"hybrid-hpo dashboard --storage {redact(storage_url)}"
+    return command + (f" --artifact-dir {artifact_dir}" if artifact_dir is not None else "")
+
+
+def overhead_summary(outcome: SweepOutcome, max_concurrent: int) -> str:
+    """Wall time against the trials' own time (sum of time_total_s) at the given concurrency."""
+    trial_s = sum(r["time_s"] for r in outcome.rows if not math.isnan(r["time_s"]))
+    ideal = trial_s / max_concurrent
+    return (f"wall {outcome.wall_s:.1f} s; trials' own time {trial_s:.1f} s in total "
+            f"({ideal:.1f} s at {max_concurrent} concurrent); outer overhead ~{outcome.wall_s - ideal:.1f} s "
+            "(Ray start, trial actors, imports, data loading, Optuna sampling and storage)")

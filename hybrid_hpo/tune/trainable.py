@@ -1,0 +1,95 @@
+"""IFTTrainable: one Ray Tune trial = one bilevel run; one ``step()`` = one epoch.
+
+The trial config holds ``RunConfig`` fields (the ``hybrid-hpo run`` flag names): the fixed settings
+of a sweep plus the meta-settings the outer search samples (inner_lr, hyper_lr, terms, alpha,
+val_fraction, inner_steps, ...). Inside, :class:`~hybrid_hpo.bilevel.BilevelTrainer` tunes the
+many inner hyperparameters (e.g. one weight decay per weight) by implicit differentiation.
+
+    tune.run(IFTTrainable, config={"epochs": 5, ...}, search_alg=make_search(...))
+
+The trial ends by itself after ``epochs`` steps (``done``); a checkpoint holds the trainer's
+``state_dict()`` — weights, hyperparameters, both optimizers, RNG state — as ``trainer.pt``, the
+metrics history as ``history.json`` and, in the final checkpoint, pictures for people under
+``pictures/*.png`` (:mod:`hybrid_hpo.tune.pictures`; a trial stopped early by ASHA has none). Each result also carries ``node_id``, the Ray node the trial
+ran on (on a cluster, node IPs and host names need not be distinct).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from hybrid_hpo.bilevel import BilevelTrainer
+from hybrid_hpo.config import RunConfig
+from hybrid_hpo.tune.pictures import CURVE_KEYS, render_trial
+
+CHECKPOINT_FILE = "trainer.pt"
+HISTORY_FILE = "history.json"
+
+
+def trial_device(requested: str) -> str:
+    """``requested`` unless "auto": a GPU when Ray gave this trial one (or, outside Ray, when torch
+    sees one), else the CPU."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "cpu"
+    if ray.is_initialized():
+        return "cuda" if ray.get_gpu_ids() else "cpu"
+    return "cuda"
+
+
+class IFTTrainable(tune.Trainable):
+    """Ray Tune class trainable around :class:`BilevelTrainer` (see the module docstring).
+
+    ``step()`` returns the trainer's epoch metrics (epoch, train/val/test loss and accuracy,
+    hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus ``done``.
+    ``reset_config`` rebuilds the trainer, so Tune may reuse the actor (``reuse_actors=True``) and
+    skip process start and imports between trials.
+    """
+
+    def setup(self, config: dict[str, Any]) -> None:
+        resources = self.trial_resources
+        cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
+        if cpus >= 1:  # one intra-op thread per CPU Ray reserved for this trial
+            torch.set_num_threads(int(cpus))
+        self._build(config)
+
+    def _build(self, config: dict[str, Any]) -> None:
+        run_config = RunConfig.from_mapping(config)
+        self.run_config = run_config
+        self.trainer = BilevelTrainer(run_config, device=trial_device(run_config.device))
+        self.history: list[dict[str, float]] = []  # CURVE_KEYS + epoch per epoch, for the pictures
+
+    def step(self) -> dict[str, Any]:
+        metrics = dict(self.trainer.train_epoch())
+        self.history.append({key: metrics[key] for key in ("epoch", *CURVE_KEYS)})
+        metrics["done"] = self.trainer.epoch >= self.run_config.epochs
+        if ray.is_initialized():
+            metrics["node_id"] = ray.get_runtime_context().get_node_id()
+        return metrics
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        torch.save(self.trainer.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        with open(os.path.join(checkpoint_dir, HISTORY_FILE), "w") as file:
+            json.dump(self.history, file)
+        if self.trainer.epoch >= self.run_config.epochs:  # drawing costs ~1 s: only the final checkpoint
+            render_trial(self.trainer, self.history, checkpoint_dir)
+
+    def load_checkpoint(self, checkpoint: str | dict) -> None:
+        """Only tensors, numbers and strings are unpickled (``weights_only=True``): a tampered
+        checkpoint cannot run code."""
+        state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        self.trainer.load_state_dict(state)
+        history = os.path.join(checkpoint, HISTORY_FILE)
+        if os.path.isfile(history):
+            with open(history) as file:
+                self.history = json.load(file)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self._build(new_config)
+        return True

@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests that start Ray must run in a loopback-only network namespace
+(see /work/notes/CONTRACTS.md); they request ``ray_session`` and share its one Ray instance."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session: 2 CPUs, no dashboard, bound to 127.0.0.1.
+
+    ``hybrid-hpo sweep`` run in-process sees Ray running, uses it, and leaves it running.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()

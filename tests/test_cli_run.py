@@ -1,0 +1,46 @@
+"""`hybrid-hpo run`: flags map to RunConfig, the table matches the JSON, bad values exit 2."""
+import json
+
+import pytest
+
+from hybrid_hpo.cli import build_parser, main
+
+SMALL = ["--epochs", "2", "--hidden", "32", "--train-size", "300", "--val_size", "200", "--device", "cpu"]
+
+
+def test_run_prints_table_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "metrics.json"
+    assert main(["run", *SMALL, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    history = json.loads(path.read_text())
+    assert [m["epoch"] for m in history] == [1, 2]
+    assert history[0]["hyper_steps"] > 0 and history[0]["num_hparams"] == 64 * 32 + 32 * 10
+    lines = out.splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["epoch"])
+    assert "test_acc" in header and "|hypergrad|" in header
+    column = header.split().index("test_acc")
+    rows = {int(line.split()[0]): line.split() for line in lines if line.split()[:1] in (["1"], ["2"])}
+    for metrics in history:
+        assert rows[metrics["epoch"]][column] == f"{metrics['test_acc']:.4f}"
+    assert f"test_acc {history[-1]['test_acc']:.4f}" in lines[-1]
+    assert "300 train / 200 val / 360 test" in out
+
+
+def test_flag_spellings_and_types():
+    args = build_parser().parse_args(["run", "--inner_lr", "0.05", "--hyper-lr", "1e-3", "--hidden", "8", "4",
+                                      "--download", "--train-size", "none"])
+    assert (args.inner_lr, args.hyper_lr, args.hidden, args.download, args.train_size) == \
+        ("0.05", "1e-3", ["8", "4"], True, "none")
+    assert not hasattr(args, "epochs")  # unset flags keep RunConfig's defaults
+    assert build_parser().parse_args(["run", "--no-download"]).download is False
+
+
+@pytest.mark.parametrize("flag, value, field", [("--alpha", "-1", "alpha"), ("--terms", "-2", "terms"),
+                                                ("--epochs", "abc", "epochs"), ("--val-fraction", "1.5", "val_fraction"),
+                                                ("--dataset", "imagenet", "dataset")])
+def test_bad_value_exits_2_with_one_line(flag, value, field, capsys):
+    assert main(["run", flag, value, "--quiet"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and lines[0].startswith("hybrid-hpo run: error:")
+    assert captured.out == ""

@@ -1,0 +1,58 @@
+"""RunConfig: validation messages name the field, unknown keys are rejected, dict round trips."""
+import json
+
+import pytest
+
+from hybrid_hpo.config import RunConfig, field_names
+from hybrid_hpo.errors import ConfigError
+
+BAD = [
+    ("terms", -1), ("alpha", 0.0), ("alpha", -0.5), ("alpha", "fast"), ("damping", -1e-3), ("rank", 0),
+    ("inner_lr", 0.0), ("hyper_lr", -1.0), ("init_decay", 0.0),
+    ("val_fraction", 0.0), ("val_fraction", 1.0), ("val_fraction", 1.5),
+    ("inner_steps", 0), ("epochs", 0), ("epochs", "abc"), ("batch_size", 0), ("seed", -1),
+    ("device", "gpu"), ("device", "cuda:x"), ("dataset", "imagenet"), ("model", "vit"),
+    ("family", "dropout_rate"), ("solver", "lbfgs"), ("granularity", "per_neuron"),
+    ("inner_optimizer", "lbfgs"), ("hyper_optimizer", "nadam"), ("activation", "swish"),
+    ("hidden", [64, 0]), ("train_size", 0), ("download", "maybe"),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD)
+def test_bad_value_raises_one_line_error_naming_the_field(field, value):
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.from_mapping({field: value})
+    message = str(caught.value)
+    assert field in message
+    assert "\n" not in message
+
+
+def test_unknown_key_lists_valid_settings():
+    with pytest.raises(ConfigError, match=r"^unknown setting 'foo': valid settings are ") as caught:
+        RunConfig.from_mapping({"epochs": 3, "foo": 1})
+    assert "inner_lr" in str(caught.value) and "val_fraction" in str(caught.value)
+
+
+def test_defaults_are_valid_and_names_are_stable():
+    RunConfig().validate()
+    for name in ("dataset", "model", "family", "granularity", "solver", "terms", "alpha", "damping", "rank",
+                 "inner_lr", "inner_optimizer", "hyper_lr", "hyper_optimizer", "val_fraction", "inner_steps",
+                 "epochs", "batch_size", "seed", "device", "hidden", "activation", "init_decay", "data_root",
+                 "download", "train_size", "val_size"):
+        assert name in field_names()
+
+
+def test_round_trip_through_dict_and_json():
+    config = RunConfig.from_mapping({"solver": "cg", "terms": 7, "alpha": "auto", "hidden": [64, 32],
+                                     "granularity": "per_tensor", "train_size": 100, "device": "cuda:1",
+                                     "download": True, "data_root": "/tmp/data", "inner_lr": 0.05})
+    assert RunConfig.from_mapping(config.to_dict()) == config
+    assert RunConfig.from_mapping(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.to_dict()["hidden"] == [64, 32]
+
+
+def test_strings_are_converted_to_field_types():
+    config = RunConfig.from_mapping({"inner_lr": "0.5", "epochs": "3", "hidden": "64,32", "download": "true",
+                                     "train_size": "none", "alpha": "0.2"})
+    assert config.inner_lr == 0.5 and config.epochs == 3 and config.hidden == (64, 32)
+    assert config.download is True and config.train_size is None and config.alpha == 0.2

@@ -1,0 +1,170 @@
+"""Real sweeps on the shared Ray instance with real SQLite studies, through the CLI and tune.run.
+
+Run inside a loopback-only network namespace (CONTRACTS.md). Tiny trials: a [16] MLP, 3 epochs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+
+from hybrid_hpo import cli
+
+EPOCHS = 3
+TINY = {"dataset": "digits", "model": "mlp", "hidden": [16], "epochs": EPOCHS, "inner_steps": 4, "terms": 2}
+SPEC = f"""
+task: {{dataset: digits, model: mlp, hidden: [16]}}
+inner: {{epochs: {EPOCHS}, inner_steps: 4}}
+solver: {{name: neumann, terms: 2}}
+search:
+  inner_lr: {{type: loguniform, low: 1.0e-2, high: 0.3}}
+  hyper_lr: {{type: loguniform, low: 1.0e-3, high: 0.1}}
+num_trials: 5
+max_concurrent: 2
+checkpoint_every: 0
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _check_study(storage_url: str, study_name: str, ray_results: dict[str, list[dict]]) -> None:
+    """The study holds each Ray trial exactly once, COMPLETE, with every epoch and Ray's test metrics."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert len(study.trials) == len(ray_results) == len(by_ray_id)
+    assert set(by_ray_id) == set(ray_results)
+    for ray_id, history in ray_results.items():
+        trial, last = by_ray_id[ray_id], history[-1]
+        assert trial.state == TrialState.COMPLETE
+        assert trial.intermediate_values == {r["training_iteration"]: r["val_loss"] for r in history}
+        assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1))
+        assert trial.value == last["val_loss"]
+        for key in ("test_acc", "test_loss", "val_acc", "hypergrad_norm"):
+            assert trial.user_attrs[key] == last[key], key
+        assert trial.params["inner_lr"] == last["config"]["inner_lr"]
+
+
+def _ray_histories(experiment_dir: Path) -> dict[str, list[dict]]:
+    histories = {}
+    for path in experiment_dir.glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        histories[lines[0]["trial_id"]] = lines
+    return histories
+
+
+def test_cli_sweep_records_every_trial_once(ray_session, tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    results = tmp_path / "results"
+    code = cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(results), "--num-samples", "3"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    meta = json.loads((results / "sweep.json").read_text())
+    url = f"sqlite:///{results.resolve()}/optuna.sqlite3"
+    assert meta["storage"] == url and meta["num_samples"] == 3
+    assert f"hybrid-hpo dashboard --storage {url}" in out
+    histories = _ray_histories(results / "tune")
+    assert all(len(h) == EPOCHS for h in histories.values())
+    _check_study(url, meta["study_name"], histories)
+    best = min(histories, key=lambda i: histories[i][-1]["val_loss"])
+    table = out[out.index("Best trials by val_loss"):].splitlines()
+    assert table[2].split()[0] == best  # first row under the header is the best trial
+
+
+def test_tune_run_with_make_search_records_every_trial_once(ray_session, tmp_path):
+    from hybrid_hpo.tune import IFTTrainable, LogUniform, make_search
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    search = make_search({"inner_lr": LogUniform(low=1e-2, high=0.3)}, "val_loss", "min", storage=url, seed=1)
+    analysis = tune.run(IFTTrainable, config=dict(TINY), search_alg=search, num_samples=2, max_concurrent_trials=2,
+                        resources_per_trial={"cpu": 1}, storage_path=str(tmp_path), name="run", verbose=0,
+                        reuse_actors=True)
+    assert all(t.status == "TERMINATED" and t.last_result["training_iteration"] == EPOCHS for t in analysis.trials)
+    _check_study(url, search.study.study_name, _ray_histories(tmp_path / "run"))
+
+
+def test_dashboard_binds_loopback_by_default(tmp_path, monkeypatch, capsys):
+    import optuna_dashboard
+
+    calls = []
+    monkeypatch.setattr(optuna_dashboard, "run_server",
+                        lambda storage, host, port, artifact_store=None: calls.append((storage, host, port)))
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(storage=url, study_name="s")
+    assert cli.main(["dashboard", "--storage", url]) == 0
+    assert calls == [(url, "127.0.0.1", 8080)] and "warning" not in capsys.readouterr().err
+    assert cli.main(["dashboard", "--storage", url, "--host", "0.0.0.0", "--port", "9000"]) == 0
+    assert calls[-1] == (url, "0.0.0.0", 9000)
+    assert "warning: binding 0.0.0.0" in capsys.readouterr().err
+
+
+def test_dashboard_on_a_missing_file_exit_2_creates_nothing(tmp_path, capsys):
+    assert cli.main(["dashboard", "--storage", f"sqlite:///{tmp_path}/nope.db"]) == 2
+    assert "--storage: no SQLite file at" in capsys.readouterr().err
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_unreachable_address_fails_fast_with_one_line():
+    from hybrid_hpo.errors import ConfigError
+    from hybrid_hpo.tune.sweep import _probe
+
+    with pytest.raises(ConfigError, match=r"--address: nothing answers at 127\.0\.0\.1:1 "):
+        _probe("127.0.0.1:1")
+
+
+def test_existing_study_name_is_refused_without_resume(ray_session, tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    url = f"sqlite:///{tmp_path}/shared.db"
+    optuna.create_study(storage=url, study_name="taken")
+    code = cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--storage", url, "--study-name", "taken",
+                     "--results-dir", str(tmp_path / "res")])
+    assert code == 2
+    assert "--study-name: 'taken' already exists in" in capsys.readouterr().err
+    assert optuna.load_study(study_name="taken", storage=url).trials == []
+    assert not (tmp_path / "res").exists()
+
+
+class _InterruptOnce(tune.Callback):
+    """Sends the driver SIGUSR1 (Tune's stop signal, like Ctrl-C) when the first trial completes."""
+
+    fired = False
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not _InterruptOnce.fired:
+            _InterruptOnce.fired = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_interrupted_sweep_resumes_without_duplicate_trials(ray_session, tmp_path, monkeypatch, capsys):
+    from hybrid_hpo.tune import sweep
+
+    make_run_config = sweep._run_config
+
+    def with_interrupt(*args):
+        run_config = make_run_config(*args)
+        run_config.callbacks = [_InterruptOnce()]
+        return run_config
+
+    monkeypatch.setattr(sweep, "_run_config", with_interrupt)
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    results = tmp_path / "results"
+    args = ["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(results)]
+    assert cli.main([*args, "--num-samples", "4"]) == 1
+    assert "interrupted; continue with --resume" in capsys.readouterr().out
+    meta = json.loads((results / "sweep.json").read_text())
+    url = meta["storage"]
+    before = optuna.load_study(study_name=meta["study_name"], storage=url).trials
+    assert 1 <= sum(t.state == TrialState.COMPLETE for t in before) < 4
+
+    assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().out[-2000:]
+    histories = _ray_histories(results / "tune")
+    assert len(histories) == 4
+    _check_study(url, meta["study_name"], histories)
