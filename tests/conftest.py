@@ -2,7 +2,14 @@
 (see /work/notes/CONTRACTS.md); they request ``ray_session`` and share its one Ray instance."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The test run lives in its own loopback-only network namespace (README's test command), where Ray's
+# default token authentication has no token to share: disable it for tests only, and send no usage stats.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
