@@ -1,81 +1,88 @@
-"""Cost of one hypergradient against its lean floor, measured in one run.
+"""Cost of one hypergradient against its lean floor, and forward- versus reverse-over-reverse HVPs.
 
-Problem: the 1.1M-weight MLP 64-1024-1024-10 (tanh) on a batch of 256, one weight decay per
-weight (λ shaped like every weight tensor, decay = softplus(λ)):
-    L_T = CE(train batch) + ½ Σ softplus(λ) ⊙ w²,   L_V = CE(validation batch).
+Problem (bench/common.py ``mlp``): the 1.1M-weight MLP 64-1024-1024-10 (tanh) on a batch of 256
+digits, one weight decay per weight: L_T = CE + ½ Σ softplus(λ) ⊙ w², L_V = CE(validation).
 
-Prints, from this one run:
-  * the time of one training gradient and of one Hessian-vector product (graph reused);
-  * the hypergradient time of every solver for K = 1, 5, 20 (K = terms / CG iterations /
-    Nyström rank), and its ratio to the lean floor: the same autograd calls written out by hand
-    (graph built once, K HVPs, one validation gradient, one mixed VJP) with no solver arithmetic;
-  * peak resident memory of Neumann and CG at K = 10 and K = 100, each in a fresh process.
+Prints, from this one run, with the contenders interleaved (A, B, A, B, ...) and the median of
+the per-repeat ratios (range in brackets):
+  * ours/floor for every solver and K in --ks: ``hypergradient(...)`` against the same autograd
+    calls written out by hand with no solver arithmetic — one validation gradient, one training
+    gradient graph (create_graph), K Hessian-vector products through it, one mixed VJP;
+  * forward-over-reverse (FoR) against reverse-over-reverse (RoR) floors: FoR computes each HVP
+    as torch.func.jvp(grad L_T) (a fresh forward+backward with dual numbers, no retained graph)
+    and the mixed product as jvp(∇_λ L_T) in direction p; RoR is the floor above;
+  * the time of one training gradient and of one HVP, and peak memory of Neumann and CG at
+    K = 10 versus K = 100 (fresh processes).
 
-    python bench/hypergrad_cost.py [--repeats 5] [--threads 2] [--device cpu|cuda]
+    python bench/hypergrad_cost.py [--ks 1 5 20 50] [--repeats 3] [--threads 1] [--device cpu|cuda]
 """
 from __future__ import annotations
 
+import common  # noqa: I001  (sets OMP_WAIT_POLICY before torch loads)
+
 import argparse
-import resource
-import statistics
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from hybrid_hpo import ConjugateGradient, Identity, Neumann, Nystrom, hypergradient
 
 
-def make_problem(device: torch.device, batch: int = 256, seed: int = 0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, 1024), torch.nn.Tanh(), torch.nn.Linear(1024, 1024), torch.nn.Tanh(), torch.nn.Linear(1024, 10)
-    ).to(device)
-    params = {k: p.detach() for k, p in model.named_parameters()}
-    hparams = {k: torch.full_like(p, -4.0) for k, p in params.items()}
-    x, y = torch.randn(batch, 64, device=device), torch.randint(0, 10, (batch,), device=device)
-    xv, yv = torch.randn(batch, 64, device=device), torch.randint(0, 10, (batch,), device=device)
-
-    def train_loss(p, h):
-        logits = torch.func.functional_call(model, p, (x,))
-        penalty = sum((F.softplus(h[k]) * p[k].pow(2)).sum() for k in p)
-        return F.cross_entropy(logits, y) + 0.5 * penalty
-
-    def val_loss(p, h):
-        return F.cross_entropy(torch.func.functional_call(model, p, (xv,)), yv)
-
-    return train_loss, val_loss, params, hparams
-
-
-def lean_floor(train_loss, val_loss, params, hparams, hvps: int) -> None:
-    """The irreducible autograd work of a K-HVP hypergradient, with no solver arithmetic."""
-    w = [t.detach().requires_grad_(True) for t in params.values()]
-    lam = [t.detach().requires_grad_(True) for t in hparams.values()]
-    named_w, named_lam = dict(zip(params, w)), dict(zip(hparams, lam))
-    v = torch.autograd.grad(val_loss(named_w, named_lam), w)
-    grads = torch.autograd.grad(train_loss(named_w, named_lam), w, create_graph=True)
+def lean_floor(problem, hvps: int) -> None:
+    """Reverse-over-reverse: the irreducible autograd work of a K-HVP hypergradient."""
+    w = [t.detach().requires_grad_(True) for t in problem.params.values()]
+    lam = [t.detach().requires_grad_(True) for t in problem.hparams.values()]
+    named_w, named_lam = dict(zip(problem.params, w)), dict(zip(problem.hparams, lam))
+    v = torch.autograd.grad(problem.val_loss(named_w, named_lam), w)
+    grads = torch.autograd.grad(problem.train_loss(named_w, named_lam), w, create_graph=True)
     for _ in range(hvps):
         v = torch.autograd.grad(grads, w, grad_outputs=v, retain_graph=True)
     torch.autograd.grad(grads, lam, grad_outputs=v)
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up (synchronised on CUDA)."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+def forward_over_reverse_floor(problem, hvps: int) -> None:
+    """Forward-over-reverse: each HVP is jvp(∇_w L_T)(w; v) — no graph kept between products."""
+    names = list(problem.params)
+    w = tuple(t.detach() for t in problem.params.values())
+    lam = tuple(t.detach() for t in problem.hparams.values())
 
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    def loss(ws, ls):
+        return problem.train_loss(dict(zip(names, ws)), dict(zip(names, ls)))
+
+    v = torch.func.grad(lambda ws: problem.val_loss(dict(zip(names, ws)), dict(zip(names, lam))))(w)
+    grad_w = torch.func.grad(lambda ws: loss(ws, lam))
+    for _ in range(hvps):
+        v = torch.func.jvp(grad_w, (w,), (v,))[1]
+    torch.func.jvp(lambda ws: torch.func.grad(lambda ls: loss(ws, ls))(lam), (w,), (v,))
+
+
+def gradient_and_hvp_times(problem, repeats: int, device: torch.device) -> None:
+    """One training gradient versus one HVP through a retained gradient graph (interleaved)."""
+    w = [t.detach().requires_grad_(True) for t in problem.params.values()]
+    named = dict(zip(problem.params, w))
+    graph = torch.autograd.grad(problem.train_loss(named, problem.hparams), w, create_graph=True)
+    probe = [torch.randn_like(t) for t in w]
+    times = common.interleaved({
+        "gradient": lambda: torch.autograd.grad(problem.train_loss(named, problem.hparams), w),
+        "hvp": lambda: torch.autograd.grad(graph, w, grad_outputs=probe, retain_graph=True),
+    }, repeats, device)
+    print(f"training gradient {common.median_ms(times['gradient']):.0f} ms; one HVP (graph reused) "
+          f"{common.median_ms(times['hvp']):.0f} ms; HVP/gradient {common.ratio(times['hvp'], times['gradient'])}")
+
+
+def peak_memory_k10_vs_k100(args) -> None:
+    """Neumann and CG at K = 10 and K = 100, each in a fresh process (bench/memory.py's child)."""
+    memory_script = Path(__file__).with_name("memory.py")
+    print("\n# peak memory above the level before the call, fresh process per point (bench/memory.py)")
+    for kind in ("neumann", "cg"):
+        peaks = {}
+        for k in (10, 100):
+            out = subprocess.run([sys.executable, str(memory_script), "--device", args.device, "--threads",
+                                  str(args.threads), "--child", kind, str(k)], check=True, capture_output=True, text=True)
+            peaks[k] = float(out.stdout.strip().splitlines()[-1])
+        print(f"{kind:<8} K=10 {peaks[10]:7.0f} MiB   K=100 {peaks[100]:7.0f} MiB   K=100/K=10 {peaks[100] / peaks[10]:.3f}")
 
 
 def solvers_for(k: int) -> dict[str, object]:
@@ -83,77 +90,51 @@ def solvers_for(k: int) -> dict[str, object]:
         "identity": Identity(),
         "neumann": Neumann(terms=k, alpha=1e-3),
         "cg": ConjugateGradient(max_iter=k, rtol=0.0),
-        "nystrom": Nystrom(rank=k, rho=1e-2),
+        "nystrom": Nystrom(rank=k, rho=1e-1),
     }
-
-
-def hvps_of(name: str, k: int) -> int:
-    return 0 if name == "identity" else k
-
-
-def measure_memory(solver_name: str, k: int, device: torch.device) -> None:
-    """Child process: one hypergradient, then print peak memory in MiB."""
-    train_loss, val_loss, params, hparams = make_problem(device)
-    solver = {"neumann": Neumann(terms=k, alpha=1e-3), "cg": ConjugateGradient(max_iter=k, rtol=0.0)}[solver_name]
-    hypergradient(train_loss, val_loss, params, hparams, solver=solver, return_info=True)
-    if device.type == "cuda":
-        print(torch.cuda.max_memory_allocated(device) / 2**20)
-    else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20])
-    parser.add_argument("--memory-child", nargs=2, metavar=("SOLVER", "K"), help=argparse.SUPPRESS)
+    common.add_common_args(parser)
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20, 50])
+    parser.set_defaults(repeats=3)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if args.memory_child:
-        measure_memory(args.memory_child[0], int(args.memory_child[1]), device)
-        return
+    device = common.header(args, "hypergradient time / lean floor (bench/hypergrad_cost.py)")
+    problem = common.build_problem("mlp", device, pretrain=0)
+    print(f"# MLP 64-1024-1024-10 tanh, batch 256, {problem.num_weights:,} weights and as many hyperparameters")
+    gradient_and_hvp_times(problem, args.repeats, device)
 
-    train_loss, val_loss, params, hparams = make_problem(device)
-    count = sum(p.numel() for p in params.values())
-    print(f"MLP 64-1024-1024-10 tanh, batch 256, {count:,} weights and {count:,} hyperparameters, "
-          f"device={device}, threads={torch.get_num_threads()}, torch {torch.__version__}")
+    def ours(solver):
+        return lambda: hypergradient(problem.train_loss, problem.val_loss, problem.params, problem.hparams,
+                                     solver=solver, return_info=True)
 
-    def gradient():
-        w = [t.detach().requires_grad_(True) for t in params.values()]
-        torch.autograd.grad(train_loss(dict(zip(params, w)), hparams), w)
-
-    w = [t.detach().requires_grad_(True) for t in params.values()]
-    graph = torch.autograd.grad(train_loss(dict(zip(params, w)), hparams), w, create_graph=True)
-    probe = [torch.randn_like(t) for t in w]
-    t_grad = timed(gradient, args.repeats, device)
-    t_hvp = timed(lambda: torch.autograd.grad(graph, w, grad_outputs=probe, retain_graph=True), args.repeats, device)
-    del graph
-    print(f"training gradient {t_grad * 1e3:8.1f} ms   HVP (graph reused) {t_hvp * 1e3:8.1f} ms   HVP/gradient {t_hvp / t_grad:.2f}")
-    print()
-    print(f"{'solver':<10}{'K':>4}{'ours ms':>11}{'floor ms':>11}{'ours/floor':>12}")
+    print(f"{'solver':<10}{'K':>4}{'ours ms':>10}{'floor ms':>10}  {'ours/floor':<18}")
+    for_rows = []
+    identity_done = False
     for k in args.ks:
-        floor = timed(lambda: lean_floor(train_loss, val_loss, params, hparams, k), args.repeats, device)
-        floor_zero = timed(lambda: lean_floor(train_loss, val_loss, params, hparams, 0), args.repeats, device)
+        contenders = {"floor": lambda: lean_floor(problem, k), "floor0": lambda: lean_floor(problem, 0),
+                      "for": lambda: forward_over_reverse_floor(problem, k)}
         for name, solver in solvers_for(k).items():
-            if name == "identity" and k != args.ks[0]:
+            if name == "identity" and identity_done:
                 continue
-            ours = timed(lambda: hypergradient(train_loss, val_loss, params, hparams, solver=solver, return_info=True), args.repeats, device)
-            reference = floor_zero if hvps_of(name, k) == 0 else floor
-            print(f"{name:<10}{hvps_of(name, k):>4}{ours * 1e3:>11.1f}{reference * 1e3:>11.1f}{ours / reference:>12.3f}")
-    print()
-    print("peak memory (fresh process each; CPU: max RSS of the process, CUDA: max allocated)")
-    for name in ("neumann", "cg"):
-        peaks = {}
-        for k in (10, 100):
-            out = subprocess.run(
-                [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads), "--memory-child", name, str(k)],
-                check=True, capture_output=True, text=True,
-            )
-            peaks[k] = float(out.stdout.strip().splitlines()[-1])
-        print(f"{name:<10} K=10 {peaks[10]:8.0f} MiB   K=100 {peaks[100]:8.0f} MiB   ratio {peaks[100] / peaks[10]:.3f}")
+            contenders[name] = ours(solver)
+        identity_done = True
+        times = common.interleaved(contenders, args.repeats, device)
+        for name in solvers_for(k):
+            if name not in times:
+                continue
+            floor = times["floor0"] if name == "identity" else times["floor"]
+            print(f"{name:<10}{0 if name == 'identity' else k:>4}{common.median_ms(times[name]):>10.0f}"
+                  f"{common.median_ms(floor):>10.0f}  {common.ratio(times[name], floor)!s:<18}", flush=True)
+        for_rows.append((k, common.median_ms(times["for"]), common.median_ms(times["floor"]),
+                         common.ratio(times["for"], times["floor"])))
+    print("\n# forward-over-reverse (torch.func.jvp of grad) versus reverse-over-reverse (graph reused) floors")
+    print(f"{'K':>4}{'FoR ms':>10}{'RoR ms':>10}  {'FoR/RoR':<18}")
+    for k, t_for, t_ror, r in for_rows:
+        print(f"{k:>4}{t_for:>10.0f}{t_ror:>10.0f}  {r!s:<18}")
+    peak_memory_k10_vs_k100(args)
+    common.footer()
 
 
 if __name__ == "__main__":

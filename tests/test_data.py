@@ -210,4 +210,4 @@ def test_bad_arguments_raise_config_error_naming_the_field(kwargs, field):
 
 
 def test_dataset_names():
-    assert DATASETS == ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100")
+    assert DATASETS == ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "text")

@@ -130,6 +130,6 @@ def test_bad_arguments_raise_config_error_naming_the_field(kwargs, field):
 
 
 def test_model_names_and_flat_features():
-    assert MODELS == ("logreg", "mlp", "cnn", "resnet18")
+    assert MODELS == ("logreg", "mlp", "cnn", "resnet18", "lstm_lm")
     flat = build_model("mlp", input_shape=(64,), num_classes=3, hidden=(8,))
     assert flat(torch.randn(4, 64)).shape == (4, 3)

@@ -211,3 +211,18 @@ def test_make_solver_maps_names_to_solvers():
     assert make_solver("nystrom", rank=4) == Nystrom(rank=4)
     assert make_solver("nystrom", rank=4, damping=0.3) == Nystrom(rank=4, rho=0.3)
     assert make_solver("exact", damping=0.2) == Exact(damping=0.2)
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([[1.0, 2.0], [3.0]], True),
+        ([[1.0, float("nan")], [3.0]], False),
+        ([[1.0, 2.0], [-float("inf")]], False),
+        ([[3e38, -3e38], [3e38]], True),  # huge but finite: no overflow in the check
+    ],
+)
+def test_all_finite_detects_nan_and_inf_without_overflowing(values, finite):
+    from hybrid_hpo.implicit.tensor_list import all_finite
+
+    assert bool(all_finite([torch.tensor(v, dtype=torch.float32) for v in values])) is finite

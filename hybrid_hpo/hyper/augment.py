@@ -162,8 +162,8 @@ class Augment(HyperFamily):
         generator = torch.Generator().manual_seed(0)
         hparams = {name: t.detach() for name, t in self.hparams().items()}
         draws = torch.stack([self.augment(hparams, x, self.draw_noise(x, generator)) for _ in range(32)])
-        std = draws.std(dim=0)[:, 0].cpu()
-        shown = torch.cat([x[None], draws[:samples]])[:, :, 0].cpu()  # (1 + samples, N, H, W)
+        std = draws.std(dim=0)[:, 0].cpu().double().numpy()
+        shown = torch.cat([x[None], draws[:samples]])[:, :, 0].cpu().double().numpy()  # (1 + samples, N, H, W)
         low, high = float(shown.min()), float(shown.max())
         figure = new_figure(1.0 * (samples + 2), 1.0 * len(picks) + 0.6)
         axes = figure.subplots(len(picks), samples + 2, squeeze=False)

@@ -112,16 +112,35 @@ def fit_on_images(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: flo
     """Train ``model`` in place by ``steps`` full-batch steps on (x, y) only, minimising
     mean CE(model(x), y) + 1/2 · decay · ||w||²; returns the model (in eval mode).
 
-    ``optimizer`` is one of hybrid_hpo.config.OPTIMIZERS (sgd, momentum, adam, rmsprop).
+    ``optimizer`` is one of hybrid_hpo.config.OPTIMIZERS (sgd, momentum, adam, rmsprop), or "lbfgs":
+    L-BFGS with a strong-Wolfe line search for up to ``steps`` iterations (``lr`` is its initial step,
+    1 is usual) — for a convex objective (logreg, decay > 0) it reaches the minimiser w*(λ) the
+    hypergradient assumes.
     """
     from hybrid_hpo.bilevel import make_optimizer
 
     x, y = x.detach(), y.detach()
     params = dict(model.named_parameters())
-    step = make_optimizer(optimizer, params.values(), lr)
+
+    def objective() -> Tensor:
+        return F.cross_entropy(model(x), y) + l2_penalty(params, decay)
+
     model.train()
+    if optimizer == "lbfgs":
+        lbfgs = torch.optim.LBFGS(list(params.values()), lr=lr, max_iter=steps, history_size=50,
+                                  tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            lbfgs.zero_grad(set_to_none=True)
+            loss = objective()
+            loss.backward()
+            return loss
+
+        lbfgs.step(closure)
+        return model.eval()
+    step = make_optimizer(optimizer, params.values(), lr)
     for _ in range(steps):
-        loss = F.cross_entropy(model(x), y) + l2_penalty(params, decay)
+        loss = objective()
         step.zero_grad(set_to_none=True)
         loss.backward()
         step.step()

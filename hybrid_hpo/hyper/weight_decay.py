@@ -116,9 +116,18 @@ class WeightDecay(HyperFamily):
         layer, log-x axis)."""
         from hybrid_hpo.pictures import histogram_by_group
 
+        groups, dropped = {}, 0
         with torch.no_grad():
-            groups = {name: decay.expand_as(params[name]).detach().cpu()
-                      for name, decay in self.decays(self.hparams()).items()}
+            for name, decay in self.decays(self.hparams()).items():
+                values = decay.expand_as(params[name]).detach().cpu().reshape(-1)
+                finite = values[torch.isfinite(values)]
+                dropped += values.numel() - finite.numel()
+                if finite.numel():  # softplus underflows to 0 for very negative raw λ: floor it for the log axis
+                    groups[name] = finite.clamp_min(torch.finfo(finite.dtype).tiny)
+        if not groups:
+            return []
         title = f"learned weight decays ({self.granularity}, {self.num_hparams} λ)"
+        if dropped:
+            title += f"; {dropped} non-finite not shown"
         return [histogram_by_group(groups, Path(directory) / HISTOGRAM_FILE, xlabel="decay (softplus(raw))",
                                    log_x=True, title=title)]

@@ -58,12 +58,13 @@ def _check(condition: bool, field: str, message: str) -> None:
 class Identity:
     """p = v: treats H as the identity (Lorraine et al.'s cheapest approximation, T1–T2).
 
-    Equal to ``Neumann(terms=0, alpha=1.0)``. Costs no Hessian-vector product.
+    Equal to ``Neumann(terms=0, alpha=1.0)``. Costs no Hessian-vector product and no copy: the
+    returned p is v itself (solvers never modify their inputs).
     """
 
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         nan = _scalar(math.nan, v[0])
-        return Solution(tl.clone(v), _scalar(0, v[0], torch.int64), nan, ~tl.all_finite(v))
+        return Solution(list(v), _scalar(0, v[0], torch.int64), nan, ~tl.all_finite(v))
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,11 @@ class Nystrom:
     (k products with unit vectors, batched through ``operator.matmat``); with W = H[K, K],
     H ≈ H_k = C W⁻¹ Cᵀ. Then (ρI + H_k)⁻¹ v = (v − C (ρW + CᵀC)⁻¹ Cᵀ v) / ρ by the Woodbury
     identity: one k×k solve (pseudo-inverse of the symmetric matrix), no iteration.
-    With k = n, H_k = H and the result is (ρI + H)⁻¹ v exactly. Memory: k vectors of size P.
-    Columns are drawn from a generator seeded with ``seed`` (deterministic across calls).
+    With k = n, H_k = H and the result is (ρI + H)⁻¹ v exactly. Memory: k vectors of size P;
+    computed tensor by tensor (no (k, P) concatenation). Numerics: the final subtraction cancels
+    about log10(‖H‖/ρ) digits, so keep ρ well above machine-epsilon·‖H‖ (ρ is also a damping:
+    it biases the answer by ~ρ/λ_min). Columns are drawn from a generator seeded with ``seed``
+    (deterministic across calls).
     """
 
     rank: int = 10
@@ -196,20 +200,27 @@ class Nystrom:
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         operator = as_operator(operator)
         sizes = [t.numel() for t in v]
-        total = sum(sizes)
-        rank = min(self.rank, total)
+        rank = min(self.rank, sum(sizes))
         generator = torch.Generator().manual_seed(self.seed)
-        index = torch.randperm(total, generator=generator)[:rank].to(v[0].device)
-        units = torch.zeros(rank, total, dtype=v[0].dtype, device=v[0].device)
-        units[torch.arange(rank, device=units.device), index] = 1.0
-        columns = tl.flatten(operator.matmat(tl.unflatten(units, v)), batch=True)  # (k, P) = H[K, :]
-        w = columns[:, index]
-        w = (w + w.T) / 2
-        flat_v = tl.flatten(v)
-        gram = self.rho * w + columns @ columns.T
-        coefficients = torch.linalg.pinv((gram + gram.T) / 2, hermitian=True) @ (columns @ flat_v)
-        flat_p = (flat_v - columns.T @ coefficients) / self.rho
-        p = tl.unflatten(flat_p, v)
+        index = torch.randperm(sum(sizes), generator=generator)[:rank].to(v[0].device)
+        # Per tensor i: the sampled coordinates it holds (local offsets) and their sample numbers j.
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        picked = [((index >= lo) & (index < hi)).nonzero().squeeze(1) for lo, hi in zip(offsets, offsets[1:])]
+        units = []
+        for t, lo, samples in zip(v, offsets, picked):
+            unit = torch.zeros(rank, t.numel(), dtype=t.dtype, device=t.device)
+            unit[samples, index[samples] - lo] = 1.0
+            units.append(unit.reshape((rank, *t.shape)))
+        rows = [c.reshape(rank, -1) for c in operator.matmat(units)]  # rows[i] = H[K, tensor i], (k, P_i)
+        w = torch.zeros(rank, rank, dtype=v[0].dtype, device=v[0].device)  # W = H[K, K]
+        for row, lo, samples in zip(rows, offsets, picked):
+            w[:, samples] = row[:, index[samples] - lo]
+        gram = self.rho * (w + w.T) / 2 + sum(row @ row.T for row in rows)  # ρW + CᵀC, (k, k)
+        projection = sum(row @ t.reshape(-1) for row, t in zip(rows, v))  # Cᵀv, (k,)
+        coefficients = torch.linalg.pinv((gram + gram.T) / 2, hermitian=True) @ projection
+        p = [(t - (coefficients @ row).reshape(t.shape)) / self.rho for t, row in zip(v, rows)]
         nan = _scalar(math.nan, v[0])
         return Solution(p, _scalar(rank, v[0], torch.int64), nan, ~tl.all_finite(p))
 

@@ -47,8 +47,11 @@ def zeros_like(x: Sequence[Tensor]) -> TensorList:
 
 
 def all_finite(x: Sequence[Tensor]) -> Tensor:
-    """A 0-dim bool tensor: every entry of every tensor is finite."""
-    return torch.stack([torch.isfinite(t).all() for t in x]).all()
+    """A 0-dim bool tensor: every entry of every tensor is finite.
+
+    One fused max-|x| reduction per list (NaN and ±inf propagate through it, and it cannot overflow),
+    instead of an elementwise ``isfinite`` mask per tensor."""
+    return torch.isfinite(torch.stack(torch._foreach_norm(list(x), float("inf")))).all()
 
 
 def flatten(x: Sequence[Tensor], batch: bool = False) -> Tensor:

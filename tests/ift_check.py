@@ -1,0 +1,66 @@
+"""Test helper (not a test module): exact inner solutions and finite differences of λ ↦ L_V(w*(λ)).
+
+Used by the families' hypergradient checks (tests/test_augment.py, tests/test_distill.py) on tiny
+float64 instances whose inner problem is strongly convex (logistic regression + L2).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+Loss = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
+
+
+def _flat(tensors: Mapping[str, Tensor]) -> Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors.values()])
+
+
+def _unflat(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out, start = {}, 0
+    for name, t in like.items():
+        out[name] = vector[start : start + t.numel()].view_as(t)
+        start += t.numel()
+    return out
+
+
+def newton_minimize(train_loss: Loss, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                    tol: float = 1e-11, max_iter: int = 50) -> dict[str, Tensor]:
+    """argmin_w train_loss(w, hparams) by damped Newton with the dense Hessian, from ``params``;
+    asserts that the gradient norm falls below ``tol``."""
+    hparams = {k: v.detach() for k, v in hparams.items()}
+
+    def f(vector: Tensor) -> Tensor:
+        return train_loss(_unflat(vector, params), hparams)
+
+    w = _flat(params)
+    for _ in range(max_iter):
+        w = w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(w), w)
+        if g.norm() < tol:
+            return _unflat(w.detach(), params)
+        step = torch.linalg.solve(torch.autograd.functional.hessian(f, w.detach(), vectorize=True), g)
+        value, t = f(w).detach(), 1.0
+        while f(w.detach() - t * step) > value + 1e-14 and t > 1e-8:
+            t /= 2
+        w = w.detach() - t * step
+    raise AssertionError(f"Newton did not converge: |grad| = {g.norm():.3g}")
+
+
+def directional_fd(train_loss: Loss, val_loss: Loss, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                   direction: Mapping[str, Tensor], eps: float = 1e-4) -> float:
+    """Central difference (F(λ + eps·d) − F(λ − eps·d)) / (2 eps) of F(λ) = L_V(w*(λ), λ), with w*
+    solved by :func:`newton_minimize` from ``params`` (≈ w*(λ))."""
+    values = []
+    for sign in (1.0, -1.0):
+        shifted = {k: (v + sign * eps * direction[k]).detach() for k, v in hparams.items()}
+        w_star = newton_minimize(train_loss, params, shifted)
+        with torch.no_grad():
+            values.append(val_loss(w_star, shifted))
+    return float((values[0] - values[1]) / (2 * eps))
+
+
+def inner(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+    """Σ_k ⟨a_k, b_k⟩ over matching keys."""
+    return float(sum((a[k] * b[k]).sum() for k in a))
