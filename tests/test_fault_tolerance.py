@@ -128,7 +128,7 @@ def _completed(experiment_dir: Path, epochs: int) -> dict[str, str]:
 
 
 def test_sigkilled_driver_resumes_without_losing_or_duplicating_trials(ray_session, tmp_path, capsys):
-    epochs, trials = 40, 4
+    epochs, trials = 40, 6
     spec = _spec(tmp_path, epochs=epochs, hidden=64, trials=trials, concurrent=1, every=10)
     results = tmp_path / "results"
     ray_tmp = tempfile.mkdtemp(prefix="hh", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
@@ -138,18 +138,19 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating_trials(ray_sessi
                                str(results)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     experiment = results / "tune"
     before: dict[str, str] = {}
-    seen: dict[str, str] = {}
-    seen_at = 0.0
+    first_seen: dict[str, float] = {}  # trial id -> when its completion was first observed
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and driver.poll() is None:
             done = _completed(experiment, epochs)
-            if set(done) != set(seen):
-                seen, seen_at = done, time.time()
+            for tid in done:
+                first_seen.setdefault(tid, time.time())
             snapshot = max((p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")), default=0.0)
-            # kill once Ray's experiment snapshot is newer than the last completion we saw
-            if seen and len(seen) < trials and snapshot > seen_at + 1.0:
-                before = seen
+            # Kill once Ray's experiment snapshot is newer than some completion by a second: that snapshot
+            # records those trials as finished. Trials that finished later are not in `before`.
+            covered = {tid: text for tid, text in done.items() if first_seen[tid] + 1.0 < snapshot}
+            if covered and len(done) < trials:
+                before = covered
                 os.kill(driver.pid, signal.SIGKILL)  # the `hybrid-hpo sweep` process itself
                 break
             time.sleep(0.2)
