@@ -181,6 +181,9 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be a number > 0 (got {value!r})")
 
 
+_NUMBERS = {int: (numbers.Integral, "an integer"), float: (numbers.Real, "a number")}  # type -> (accepted, noun)
+
+
 def _coerce(name: str, hint: Any, value: Any) -> Any:
     """Convert ``value`` to the field type ``hint`` (str, int, float, bool, tuple[int, ...],
     ``X | None``, ``float | str``) or raise ConfigError naming the field."""
@@ -200,24 +203,16 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{name} must be true or false (got {value!r})")
-    if hint is int:
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
+    if hint in _NUMBERS:
+        kind, noun = _NUMBERS[hint]
+        if isinstance(value, kind) and not isinstance(value, bool):
+            return hint(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return hint(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{name} must be an integer (got {value!r})")
-    if hint is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be a number (got {value!r})")
+        raise ConfigError(f"{name} must be {noun} (got {value!r})")
     if hint is str:
         if isinstance(value, str):
             return value
