@@ -10,19 +10,17 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from hybrid_hpo.implicit.tensor_list import flatten, unflatten
+
 Loss = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
 
 
 def _flat(tensors: Mapping[str, Tensor]) -> Tensor:
-    return torch.cat([t.detach().reshape(-1) for t in tensors.values()])
+    return flatten([t.detach() for t in tensors.values()])
 
 
 def _unflat(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out, start = {}, 0
-    for name, t in like.items():
-        out[name] = vector[start : start + t.numel()].view_as(t)
-        start += t.numel()
-    return out
+    return dict(zip(like, unflatten(vector, list(like.values()))))
 
 
 def newton_minimize(train_loss: Loss, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
