@@ -1,4 +1,5 @@
-"""`hybrid-hpo` command line: `run` (one bilevel run), `sweep` (Ray Tune + Optuna), `dashboard`.
+"""`hybrid-hpo` command line: `run` (one bilevel run), `sweep` (Ray Tune + Optuna), `dashboard`,
+`compare` (BO-only vs IFT-with-defaults vs hybrid).
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser it adds
 sets ``handler`` to a function ``(args) -> int``. Heavy imports (torch, Ray) happen inside
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from hybrid_hpo.errors import ConfigError
 
-_SUBCOMMAND_MODULES = ("hybrid_hpo.run_command", "hybrid_hpo.tune.commands")
+_SUBCOMMAND_MODULES = ("hybrid_hpo.run_command", "hybrid_hpo.tune.commands", "hybrid_hpo.compare.command")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hybrid-hpo",
         description="Tune hyperparameters at two scales: implicit differentiation inside, Bayesian search outside.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,dashboard}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,dashboard,compare}")
     for module_name in _SUBCOMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers)
     return parser

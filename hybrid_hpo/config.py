@@ -37,7 +37,8 @@ class RunConfig:
     (+ ``granularity``, ``init_decay``; ``fixed_decay``, a fixed L2 c/2·||w||² on all weights in L_T of
     the augment, fixed_augment and distill families; ``augment_width``, channels of the learned
     augmenter; ``augment_shift`` / ``augment_flip``, the fixed_augment baseline's max shift in pixels
-    and mirroring; ``distill_per_class``, distilled images per class). Hypergradient: ``solver`` with
+    and mirroring; ``distill_per_class``, distilled images per class; ``fixed_dropout``, the drop rate of the ``fixed``
+    family, which has no λ: plain training with a fixed L2 ``fixed_decay`` and fixed dropout). Hypergradient: ``solver`` with
     ``terms`` (Neumann K / CG iterations), ``alpha`` (Neumann step, a number or "auto"), ``damping``,
     ``rank`` (Nyström).
     Loop (Algorithm 2 of Lorraine et al. 2020): ``inner_steps`` optimizer steps on the weights
@@ -78,6 +79,7 @@ class RunConfig:
     val_size: int | None = None
     imbalance: float | None = None
     init_dropout: float = 0.1
+    fixed_dropout: float = 0.0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":

@@ -112,7 +112,7 @@ def test_local_ray_of_a_sweep_binds_loopback_without_dashboard(monkeypatch):
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    sweep._init_ray(None)
+    sweep.init_ray(None)
     assert calls == [{"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}]
 
 

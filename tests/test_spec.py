@@ -32,6 +32,12 @@ BAD_SPECS = {
     "searched_and_fixed": ("inner: {inner_lr: 0.1}\n" + GOOD_SEARCH, "search.inner_lr: also fixed in inner.inner_lr"),
     "test_metric": ("metric: test_acc\nmode: max\n" + GOOD_SEARCH, "metric: test_acc would tune on the test set"),
     "no_search": ("num_trials: 2\n", "search: required key is missing"),
+    "initial_point_not_searched": ("initial_points: [{hyper_lr: 0.1}]\n" + GOOD_SEARCH,
+                                   "initial_points[0].hyper_lr: not a searched setting"),
+    "initial_point_outside": ("initial_points: [{inner_lr: 0.5}]\n" + GOOD_SEARCH,
+                              "initial_points[0].inner_lr: 0.5 is outside search.inner_lr"),
+    "zero_time_budget": ("time_budget_s: 0\n" + GOOD_SEARCH, "time_budget_s: Input should be greater than 0"),
+    "comparison_file": ("budget_s: 60\nstrategies: {}\n", "is a comparison file; run hybrid-hpo compare spec.yaml"),
 }
 
 
@@ -63,7 +69,8 @@ def test_resume_without_a_previous_sweep_exit_2(tmp_path, monkeypatch, capsys):
     assert "--resume: no sweep of 'spec' under results/" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", sorted(SEARCHES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in SEARCHES.glob("*.yaml") if not p.name.startswith("compare_")),
+                         ids=lambda p: p.name)
 def test_shipped_specs_are_valid(path):
     spec = load_spec(path)
     assert spec.search and spec.num_trials >= 1 and spec.metric == "val_loss" and spec.mode == "min"
@@ -106,3 +113,13 @@ def test_fixed_sections_merge_and_solver_name_maps_to_solver(tmp_path):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the spec file"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_distributions_contain_exactly_what_they_can_sample():
+    from hybrid_hpo.tune.distributions import Choice, IntRange, LogUniform, Uniform
+
+    assert LogUniform(low=1e-3, high=0.1).contains(0.1) and not LogUniform(low=1e-3, high=0.1).contains(0.2)
+    assert Uniform(low=0.0, high=0.7).contains(0) and not Uniform(low=0.0, high=0.7).contains("0.5")
+    assert IntRange(low=1, high=10).contains(5) and not IntRange(low=1, high=10).contains(5.5)
+    assert not IntRange(low=0, high=10).contains(True)  # a bool is not a count
+    assert Choice(values=["sgd", 1]).contains("sgd") and not Choice(values=["sgd", 1]).contains(1.0)

@@ -114,10 +114,10 @@ def test_dashboard_on_a_missing_file_exit_2_creates_nothing(tmp_path, capsys):
 
 def test_unreachable_address_fails_fast_with_one_line():
     from hybrid_hpo.errors import ConfigError
-    from hybrid_hpo.tune.sweep import _probe
+    from hybrid_hpo.tune.sweep import probe_address
 
     with pytest.raises(ConfigError, match=r"--address: nothing answers at 127\.0\.0\.1:1 "):
-        _probe("127.0.0.1:1")
+        probe_address("127.0.0.1:1")
 
 
 def test_existing_study_name_is_refused_without_resume(ray_session, tmp_path, capsys):

@@ -11,7 +11,7 @@ from ray import tune
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune import Choice, IntRange, LogUniform, Uniform, make_search
-from hybrid_hpo.tune.search import fail_stale_running
+from hybrid_hpo.tune.search import close_running
 
 
 def _search(tmp_path, **kwargs):
@@ -60,12 +60,12 @@ def test_scheduler_stop_is_pruned_error_and_nan_are_fail(tmp_path):
     assert states["nan"].state == TrialState.FAIL and states["nan"].user_attrs["end_reason"] == "val_loss is nan"
 
 
-def test_fail_stale_running_closes_only_running_trials(tmp_path):
+def test_close_running_closes_only_running_trials(tmp_path):
     search = _search(tmp_path)
     search.suggest("done")
     search.on_trial_complete("done", _result(2, 0.3))
     search.suggest("orphan")
-    assert fail_stale_running(search.study._storage, search.study.study_name) == 1
+    assert close_running(search.study._storage, search.study.study_name) == 1
     states = [t.state for t in search.study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
 

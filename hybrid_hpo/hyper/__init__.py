@@ -10,12 +10,13 @@ from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.augment import Augment, FixedAugment
 from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
 from hybrid_hpo.hyper.distill import Distill
+from hybrid_hpo.hyper.fixed import FixedRegularization
 from hybrid_hpo.hyper.dropout import UnitDropout
 from hybrid_hpo.hyper.reweight import Reweight
 from hybrid_hpo.hyper.weight_decay import GRANULARITIES, WeightDecay
 
 FAMILIES: dict[str, type[HyperFamily]] = {"weight_decay": WeightDecay, "reweight": Reweight, "dropout": UnitDropout}
-FAMILIES.update({"augment": Augment, "fixed_augment": FixedAugment, "distill": Distill})
+FAMILIES.update({"augment": Augment, "fixed_augment": FixedAugment, "distill": Distill, "fixed": FixedRegularization})
 
 
 def family_class(name: str) -> type[HyperFamily]:
@@ -30,6 +31,6 @@ def make_family(name: str, **kwargs: Any) -> HyperFamily:
     return family_class(name)(**kwargs)
 
 
-__all__ = ["Augment", "Distill", "FixedAugment",
+__all__ = ["Augment", "Distill", "FixedAugment", "FixedRegularization",
            "FAMILIES", "GRANULARITIES", "Batch", "FamilyContext", "HyperFamily", "ModelFn", "WeightDecay",
            "family_class", "make_family"]

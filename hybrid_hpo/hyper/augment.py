@@ -213,6 +213,7 @@ class FixedAugment(HyperFamily):
     otherwise (module docstring). ``num_hparams == 0``: the bilevel loop takes no hyper steps."""
 
     name = "fixed_augment"
+    tunable = False
 
     def __init__(self, *, input_shape: tuple[int, ...], shift: int = 1, flip: bool = False,
                  fixed_decay: float = 0.0, seed: int = 0) -> None:

@@ -74,6 +74,8 @@ class HyperFamily(ABC):
     """
 
     name: ClassVar[str]
+    tunable: ClassVar[bool] = True
+    """False for baselines without λ (the bilevel loop takes no hyper steps with them)."""
 
     def __init__(self) -> None:
         self._raw: dict[str, Tensor] = {}

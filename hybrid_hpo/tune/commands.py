@@ -51,7 +51,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                       results_dir=args.results_dir, resume=args.resume)
     outcome = run_sweep(spec, plan, address=args.address, spec_path=str(Path(args.spec).resolve()))
     state = "interrupted; continue with --resume --results-dir " + str(outcome.results_dir) if outcome.interrupted \
-        else "finished"
+        else f"stopped by its time_budget_s ({spec.time_budget_s:g} s)" if outcome.budget_spent else "finished"
     print(f"\nSweep {spec.name} {state}: {len(outcome.rows)} trials, {outcome.errors} errors, "
           f"study {outcome.study_name!r} in {redact(outcome.storage_url)}, results in {outcome.results_dir}")
     print(f"Best trials by {spec.metric} ({spec.mode}):")

@@ -33,6 +33,10 @@ class _Distribution(BaseModel):
         """Values at the edges of the distribution (checked against RunConfig before a sweep)."""
         raise NotImplementedError
 
+    def contains(self, value: Any) -> bool:
+        """Whether the distribution can produce ``value`` (for points given by hand)."""
+        raise NotImplementedError
+
 
 class _Range(_Distribution):
     low: float
@@ -50,6 +54,9 @@ class _Range(_Distribution):
 
     def corners(self) -> list[Scalar]:
         return [self.low, self.high]
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
 
 class LogUniform(_Range):
@@ -106,6 +113,9 @@ class IntRange(_Distribution):
     def corners(self) -> list[Scalar]:
         return [self.low, self.high]
 
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
 
 class Choice(_Distribution):
     """One of ``values`` (at least two, no repeats)."""
@@ -128,6 +138,9 @@ class Choice(_Distribution):
 
     def corners(self) -> list[Scalar]:
         return list(self.values)
+
+    def contains(self, value: Any) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values)
 
 
 Distribution = Annotated[Union[LogUniform, Uniform, IntRange, Choice], Field(discriminator="type")]

@@ -44,7 +44,7 @@ _RAY_BOOKKEEPING = frozenset(
     {
         "done", "timestamp", "pid", "hostname", "node_ip", "date", "experiment_tag", "trial_id",
         "time_this_iter_s", "time_since_restore", "iterations_since_restore", "timesteps_total",
-        "episodes_total", "timesteps_since_restore", "should_checkpoint", "checkpoint_dir_name",
+        "episodes_total", "timesteps_since_restore", "should_checkpoint", "checkpoint_dir_name", "reported_at",
     }
 )
 # Text metrics kept as user attributes (all other strings in a result are Ray's or the config's).
@@ -227,20 +227,22 @@ class RecordingOptunaSearch(OptunaSearch):
         return TrialState.COMPLETE, ""
 
 
-def fail_stale_running(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    """Mark the study's RUNNING trials FAIL (``end_reason`` says why); return how many.
+def close_running(storage: optuna.storages.BaseStorage, study_name: str, state: TrialState = TrialState.FAIL,
+                  reason: str = "sweep interrupted before Ray recorded this trial") -> int:
+    """Mark the study's RUNNING trials ``state`` (``end_reason`` = ``reason``); return how many.
 
-    Call it only when Ray has finished every trial of the sweep. A trial still RUNNING then is one
-    the searcher asked Optuna for after Ray's last experiment checkpoint before an interruption:
-    the restored searcher does not know it (Ray suggests a fresh trial in its place), so without
-    this it would stay RUNNING in the study forever.
+    Call it only when Ray has finished every trial of the sweep. A trial still RUNNING then is
+    either one the searcher asked Optuna for after Ray's last experiment checkpoint before an
+    interruption (the restored searcher does not know it; Ray suggests a fresh trial in its place),
+    which is FAIL, or one the sweep's time budget stopped before its searcher heard the end, which
+    the sweep closes as PRUNED. Without this it would stay RUNNING in the study forever.
     """
     study_id = storage.get_study_id_from_name(study_name)
     stale = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, "end_reason", "sweep interrupted before Ray recorded this trial")
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        storage.set_trial_user_attr(trial_id, "end_reason", reason)
+        storage.set_trial_state_values(trial_id, state)
     return len(stale)
 
 
@@ -255,6 +257,7 @@ def make_search(
     *,
     n_startup_trials: int | None = None,
     results_dir: str | Path = "results",
+    points_to_evaluate: list[dict[str, Any]] | None = None,
 ) -> RecordingOptunaSearch:
     """An OptunaSearch over ``space`` backed by a real Optuna storage, recording test metrics.
 
@@ -265,6 +268,8 @@ def make_search(
     study_name: None gives a unique name (a rerun never appends to an old study by accident).
     sampler: "tpe" (constant liar) or "gp"; seed: the sampler's seed;
     n_startup_trials: random trials before the model kicks in (the sampler's default if None).
+    points_to_evaluate: warm start: settings of the first trials (enqueued in the study; a searched
+        key left out is sampled).
     The study is created (or loaded, if the name exists) in the storage right away.
     """
     if not space:
@@ -279,4 +284,5 @@ def make_search(
         sampler=make_sampler(sampler, seed, n_startup_trials),
         study_name=study_name or default_study_name(),
         storage=make_storage(storage, results_dir),
+        points_to_evaluate=points_to_evaluate or None,
     )

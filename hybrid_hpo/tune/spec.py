@@ -16,6 +16,10 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     resources: {cpu: 1, gpu: auto}
     checkpoint_every: 5         # epochs between trial checkpoints (0: only at the end)
     max_failures: 2             # a trial whose process dies restarts from its last checkpoint, this often
+    time_budget_s: 600          # optional: stop the sweep after this many seconds (running trials stop
+                                # where they are; no new ones start)
+    initial_points:             # optional warm start: the first trials, at these settings (searched keys;
+      - {inner_lr: 0.1, inner_steps: 2}   # a key left out is sampled)
     metric: val_loss
     mode: min
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +90,8 @@ class SweepSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     checkpoint_every: int = Field(default=5, ge=0)
     max_failures: int = Field(default=2, ge=0)  # restarts of a trial whose process died (from its checkpoint)
+    time_budget_s: float | None = Field(default=None, gt=0)  # wall-clock limit of the whole sweep (Ray's)
+    initial_points: list[dict[str, Any]] = Field(default_factory=list)  # warm start: the first trials' settings
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
 
@@ -103,6 +110,18 @@ class SweepSpec(BaseModel):
         if value not in OBJECTIVES:
             raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(OBJECTIVES)}")
         return value
+
+    @model_validator(mode="after")
+    def _points_in_space(self) -> "SweepSpec":
+        for index, point in enumerate(self.initial_points):
+            for key, value in point.items():
+                if key not in self.search:
+                    raise ValueError(f"initial_points[{index}].{key}: not a searched setting; give only keys of "
+                                     f"search ({', '.join(self.search)})")
+                if not self.search[key].contains(value):
+                    raise ValueError(f"initial_points[{index}].{key}: {value!r} is outside search.{key} "
+                                     f"({self.search[key].model_dump(exclude={'type'})}); widen the range or change it")
+        return self
 
     @model_validator(mode="after")
     def _mode_matches_metric(self) -> "SweepSpec":
@@ -142,6 +161,19 @@ _Loader.add_implicit_resolver(
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and fully validate a sweep file; ConfigError ``<path>: <field>: <problem and fix>``."""
     path = Path(path)
+    return validate_spec(read_spec_file(path, "sweep"), source=str(path), default_name=path.stem)
+
+
+_SPEC_KINDS: dict[str, tuple[str, str, str]] = {  # kind -> (its own top-level key, its keys, the command)
+    "sweep": ("search", "task, inner, solver, search, ...", "sweep"),
+    "comparison": ("strategies", "task, seeds, budget_s, strategies, ...", "compare"),
+}
+
+
+def read_spec_file(path: Path, kind: str) -> dict[str, Any]:
+    """The YAML mapping in a ``kind`` file ("sweep" or "comparison"); ConfigError ``<path>:
+    <problem>; <fix>`` when the file cannot be read, is not YAML, is not a mapping, or is the other
+    kind of file (the message names the command that runs it)."""
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except OSError as error:
@@ -151,10 +183,13 @@ def load_spec(path: str | Path) -> SweepSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}; fix the syntax") from None
+    own_key, keys, _ = _SPEC_KINDS[kind]
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the spec must be a mapping of keys (task, inner, solver, search, ...), "
-                          f"got {type(raw).__name__}")
-    return validate_spec(raw, source=str(path), default_name=path.stem)
+        raise ConfigError(f"{path}: a {kind} file must be a mapping of keys ({keys}), got {type(raw).__name__}")
+    for other, (other_key, _, command) in _SPEC_KINDS.items():
+        if other != kind and other_key in raw and own_key not in raw:
+            raise ConfigError(f"{path}: is a {other} file; run hybrid-hpo {command} {path}")
+    return raw
 
 
 def validate_spec(raw: dict[str, Any], source: str = "spec", default_name: str = "sweep") -> SweepSpec:
@@ -162,25 +197,28 @@ def validate_spec(raw: dict[str, Any], source: str = "spec", default_name: str =
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"{source}: {_first_error(error)}") from None
+        raise ConfigError(f"{source}: {first_error(error)}") from None
     if spec.name is None:
         spec.name = re.sub(r"[^A-Za-z0-9_.-]", "-", default_name)
     _check_settings(spec, source)
     return spec
 
 
-def _first_error(error: ValidationError) -> str:
-    """One line for the first pydantic error: dotted field path, problem, fix."""
+def first_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line for the first pydantic error of validating ``model`` (default SweepSpec): dotted
+    field path, problem, fix."""
     errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
     first = errors[0]
     loc = [str(part) for part in first["loc"]]
-    if len(loc) >= 3 and loc[0] == "search" and loc[2] in DISTRIBUTION_TYPES:
-        del loc[2]  # the discriminator tag pydantic inserts for the union member
+    if "search" in loc:
+        tag = loc.index("search") + 2
+        if tag < len(loc) and loc[tag] in DISTRIBUTION_TYPES:
+            del loc[tag]  # the discriminator tag pydantic inserts for the union member
     field = ".".join(loc)
     kind, message = first["type"], first["msg"].removeprefix("Value error, ")
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
     if kind == "extra_forbidden":
-        parent = _parent_model(loc)
+        parent = _parent_model(loc, model or SweepSpec)
         allowed = ", ".join(parent) if parent else ""
         guess = difflib.get_close_matches(loc[-1], parent, n=1)
         hint = f"did you mean {guess[0]!r}?" if guess else f"allowed keys: {allowed}"
@@ -194,15 +232,21 @@ def _first_error(error: ValidationError) -> str:
     return f"{field}: {message} (got {first.get('input')!r}){more}"
 
 
-def _parent_model(loc: list[str]) -> list[str]:
-    """Allowed keys at the place of an unknown key (for the hint)."""
-    model: Any = SweepSpec
-    for part in loc[:-1]:
-        fields = getattr(model, "model_fields", {})
-        if part in fields and isinstance(fields[part].annotation, type) and issubclass(fields[part].annotation, BaseModel):
-            model = fields[part].annotation
-        elif loc[0] == "search" and len(loc) == 3:
-            return ["type", "low", "high", "log", "values"]
+def _parent_model(loc: list[str], model: Any) -> list[str]:
+    """Allowed keys at the place of an unknown key (for the hint): walks pydantic models and
+    ``dict[str, Model]`` fields down ``loc``; a key inside a ``search`` distribution gets the
+    distribution keys."""
+    if loc[-3:-2] == ["search"]:
+        return ["type", "low", "high", "log", "values"]
+    parts = iter(loc[:-1])
+    for part in parts:
+        annotation = getattr(model, "model_fields", {}).get(part)
+        annotation = annotation.annotation if annotation is not None else None
+        value_type = typing.get_args(annotation)[-1] if typing.get_origin(annotation) is dict else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif isinstance(value_type, type) and issubclass(value_type, BaseModel) and next(parts, None) is not None:
+            model = value_type
         else:
             return []
     return list(getattr(model, "model_fields", {}))
@@ -215,12 +259,12 @@ def _check_settings(spec: SweepSpec, source: str) -> None:
     for section in FIXED_SECTIONS:
         for key in getattr(spec, section):
             target = "solver" if (section, key) == ("solver", "name") else key
-            _known_key(f"{section}.{key}", target, names, source)
+            check_known_key(f"{section}.{key}", target, names, source)
             if target in seen:
                 raise ConfigError(f"{source}: {section}.{key}: {target} is already set in {seen[target]}; keep one")
             seen[target] = f"{section}.{key}"
     for key in spec.search:
-        _known_key(f"search.{key}", key, names, source)
+        check_known_key(f"search.{key}", key, names, source)
         if key in seen:
             raise ConfigError(f"{source}: search.{key}: also fixed in {seen[key]}; search it or fix it, not both")
     for label, values in spec.sample_configs():
@@ -241,7 +285,7 @@ def _locate(message: str, fixed: dict[str, str], searched: dict[str, Any], label
     return f"{message} (at {label})"
 
 
-def _known_key(field: str, key: str, names: tuple[str, ...], source: str) -> None:
+def check_known_key(field: str, key: str, names: tuple[str, ...], source: str) -> None:
     if key not in names:
         guess = difflib.get_close_matches(key, names, n=1)
         hint = f"did you mean {guess[0]!r}?" if guess else f"valid settings: {', '.join(names)}"

@@ -12,6 +12,10 @@ Before Ray starts, :func:`preflight` checks what can be checked without it (resu
 offline), so bad input gives one line and exit code 2 with nothing written. On a cluster the
 results dir must be storage every node can write (Ray persists checkpoints there).
 
+Time budget (``time_budget_s``): Ray stops the sweep at the deadline; running trials stop where
+they are (status "budget"), and their Optuna trials, which Ray never reports as ended, are closed
+PRUNED with ``end_reason`` "stopped by the sweep's time_budget_s". The sweep then counts as done.
+
 Fault tolerance: a trial whose process dies is restarted from its last checkpoint up to
 ``max_failures`` times (Ray's FailureConfig); the searcher hears of it only when it finally ends,
 so its Optuna trial is told once.
@@ -21,7 +25,7 @@ unfinished trials continue from their last checkpoint (every ``checkpoint_every`
 restart; trials not yet created are created until ``num_trials``. Errored trials stay errored
 (their Optuna trial is FAIL already). The searcher comes back from Ray's pickle, so it keeps its
 Optuna trials and the study gets no duplicates; an Optuna trial asked for after Ray's last
-experiment checkpoint is marked FAIL at the end (see ``fail_stale_running``).
+experiment checkpoint is marked FAIL at the end (see ``close_running``).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,8 @@ class SweepOutcome:
     wall_s: float
     errors: int
     interrupted: bool
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # trial id -> every result, in order
+    budget_spent: bool = False  # the spec's time_budget_s ended the sweep
 
 
 def plan_sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str | None = None,
@@ -138,7 +144,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
     storage = preflight(spec, plan, address=address)
     own_ray = not ray.is_initialized()
     if own_ray:
-        _init_ray(address)
+        init_ray(address)
     try:
         outcome = _fit(spec, plan, storage, spec_path, verbose)
     finally:
@@ -159,11 +165,11 @@ def preflight(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, c
     from hybrid_hpo.tune.search import make_storage
 
     if not plan.resume:
-        _check_writable(plan.results_dir)
+        check_writable(plan.results_dir)
     if address:
-        _probe(address)
+        probe_address(address)
     if check_data and not address:
-        _check_datasets(spec)
+        check_datasets(spec)
     if plan.storage is None:
         return None  # a new SQLite file in the (not yet created) results dir: nothing to check
     storage = make_storage(plan.storage)
@@ -172,7 +178,7 @@ def preflight(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, c
     return storage
 
 
-def _check_writable(results_dir: Path) -> None:
+def check_writable(results_dir: Path) -> None:
     """The nearest existing folder of ``results_dir`` is a folder we can write (a probe file is
     created and removed there, so read-only mounts are caught even for root)."""
     import tempfile
@@ -190,7 +196,7 @@ def _check_writable(results_dir: Path) -> None:
                           "choose a writable directory") from None
 
 
-def _check_datasets(spec: SweepSpec) -> None:
+def check_datasets(spec: SweepSpec) -> None:
     """Load each non-generated dataset the sweep uses (fixed or searched) once, offline."""
     from hybrid_hpo.data import load_dataset
 
@@ -237,7 +243,9 @@ def search_space_json(spec: SweepSpec) -> dict[str, str]:
     return {name: distribution_to_json(to_optuna_distribution(name, dist)) for name, dist in spec.search.items()}
 
 
-def _init_ray(address: str | None) -> None:
+def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (ConfigError when that fails) or start a local Ray on
+    127.0.0.1 with every CPU of this machine and no dashboard."""
     import ray
 
     if address:
@@ -251,7 +259,7 @@ def _init_ray(address: str | None) -> None:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1")
 
 
-def _probe(address: str, timeout_s: float = 5.0) -> None:
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on an unreachable HOST:PORT (ray.init would retry for minutes)."""
     match = re.fullmatch(r"([\w.\-]+):(\d+)", address)
     if match is None:  # "auto", "ray://...": left to ray.init
@@ -266,7 +274,9 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int) -> SweepOutcome:
     from ray import tune
 
-    from hybrid_hpo.tune.search import fail_stale_running, make_search, make_storage, storage_url
+    from optuna.trial import TrialState
+
+    from hybrid_hpo.tune.search import close_running, make_search, make_storage, storage_url
     from hybrid_hpo.tune.trainable import IFTTrainable
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
@@ -279,7 +289,8 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
         searcher = make_search(spec.search, spec.metric, spec.mode, storage=storage, study_name=plan.study_name,
-                               sampler=spec.sampler, seed=spec.seed, n_startup_trials=startup_trials(spec, plan))
+                               sampler=spec.sampler, seed=spec.seed, n_startup_trials=startup_trials(spec, plan),
+                               points_to_evaluate=spec.initial_points)
         searcher.attach_pictures(plan.results_dir / EXPERIMENT_NAME, plan.results_dir / ARTIFACTS_DIR)
         for key, value in study_signature(spec).items():
             searcher.study.set_user_attr(key, value)
@@ -291,14 +302,26 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int
         tuner = tune.Tuner(trainable, param_space=base_config(spec),
                            tune_config=_tune_config(spec, plan, searcher),
                            run_config=_run_config(spec, plan, verbose))
+    fit_started = time.perf_counter()
     grid = tuner.fit()
+    budget_spent = spec.time_budget_s is not None and time.perf_counter() - fit_started >= spec.time_budget_s
     finished = sum(r.metrics.get("done", False) or r.error is not None for r in grid)
-    interrupted = finished < len(grid) or len(grid) < plan.num_samples
-    if not interrupted:
-        fail_stale_running(storage, plan.study_name)
-    rows = result_rows(grid, spec)
+    interrupted = not budget_spent and (finished < len(grid) or len(grid) < plan.num_samples)
+    if budget_spent:
+        close_running(storage, plan.study_name, TrialState.PRUNED, "stopped by the sweep's time_budget_s")
+    elif not interrupted:
+        close_running(storage, plan.study_name)
+    rows = result_rows(grid, spec, budget_spent)
+    histories = {r.metrics.get("trial_id", str(i)): _history(r) for i, r in enumerate(grid)}
     return SweepOutcome(plan.results_dir, url, plan.study_name, rows, wall_s=math.nan,
-                        errors=sum(r.error is not None for r in grid), interrupted=interrupted)
+                        errors=sum(r.error is not None for r in grid), interrupted=interrupted,
+                        histories=histories, budget_spent=budget_spent)
+
+
+def _history(result) -> list[dict[str, Any]]:
+    """Every result a trial reported (one per epoch), oldest first, as plain dicts."""
+    frame = result.metrics_dataframe
+    return [] if frame is None else frame.to_dict("records")
 
 
 def base_config(spec: SweepSpec) -> dict[str, Any]:
@@ -335,7 +358,7 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
                                   grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
     return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
                            scheduler=scheduler, num_samples=plan.num_samples, metric=spec.metric, mode=spec.mode,
-                           reuse_actors=True)
+                           reuse_actors=True, time_budget_s=spec.time_budget_s)
 
 
 def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int):
@@ -350,10 +373,11 @@ def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int):
     )
 
 
-def result_rows(grid, spec: SweepSpec) -> list[dict[str, Any]]:
+def result_rows(grid, spec: SweepSpec, budget_spent: bool = False) -> list[dict[str, Any]]:
     """One row per Ray trial (searched settings, metrics, epochs, seconds, status), best first.
 
-    status: done (ran all epochs), pruned (stopped early by ASHA), unfinished (interrupted), ERROR.
+    status: done (ran all epochs), pruned (stopped early by ASHA), unfinished (interrupted; "budget"
+    when the sweep's time budget stopped it), ERROR.
     """
     rows, budget = [], base_config(spec)["epochs"]
     for result in grid:
@@ -363,18 +387,18 @@ def result_rows(grid, spec: SweepSpec) -> list[dict[str, Any]]:
         row.update({key: metrics.get(key, math.nan) for key in dict.fromkeys((spec.metric, *TABLE_METRICS))})
         row["epochs"] = metrics.get("training_iteration", 0)
         row["time_s"] = metrics.get("time_total_s", math.nan)
-        row["status"] = _status(result.error, metrics, budget)
+        row["status"] = _status(result.error, metrics, budget, budget_spent)
         rows.append(row)
     sign = 1.0 if spec.mode == "min" else -1.0
     rows.sort(key=lambda r: (math.isnan(r[spec.metric]), sign * r[spec.metric] if not math.isnan(r[spec.metric]) else 0))
     return rows
 
 
-def _status(error: Any, metrics: dict[str, Any], budget: int) -> str:
+def _status(error: Any, metrics: dict[str, Any], budget: int, budget_spent: bool) -> str:
     if error is not None:
         return "ERROR"
     if not metrics.get("done"):
-        return "unfinished"
+        return "budget" if budget_spent else "unfinished"
     return "done" if metrics.get("training_iteration", 0) >= budget else "pruned"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import ray
@@ -47,7 +48,8 @@ class IFTTrainable(tune.Trainable):
     """Ray Tune class trainable around :class:`BilevelTrainer` (see the module docstring).
 
     ``step()`` returns the trainer's epoch metrics (epoch, train/val/test loss and accuracy,
-    hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus ``done``.
+    hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus ``done``
+    and ``reported_at`` (``time.time()`` when the epoch ended).
     ``reset_config`` rebuilds the trainer, so Tune may reuse the actor (``reuse_actors=True``) and
     skip process start and imports between trials.
     """
@@ -69,6 +71,7 @@ class IFTTrainable(tune.Trainable):
         metrics = dict(self.trainer.train_epoch())
         self.history.append({key: metrics[key] for key in ("epoch", *CURVE_KEYS)})
         metrics["done"] = self.trainer.epoch >= self.run_config.epochs
+        metrics["reported_at"] = time.time()  # wall clock (s since the epoch), finer than Ray's integer timestamp
         if ray.is_initialized():
             metrics["node_id"] = ray.get_runtime_context().get_node_id()
         return metrics

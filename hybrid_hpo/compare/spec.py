@@ -1,0 +1,175 @@
+"""A comparison as a file: three strategies, one task, one wall-clock budget (``searches/compare_*.yaml``).
+
+Layout (see searches/compare_digits_few.yaml)::
+
+    name: compare-digits-few
+    task: {dataset: digits, train_size: 100, val_size: 200, model: mlp, hidden: [512, 256]}
+    seeds: [0, 1, 2]              # one replicate per seed: data split, init and sampler seed
+    budget_s: 120                 # wall-clock seconds per strategy and seed
+    metric: val_loss              # how every strategy selects its model (validation only)
+    report: test_acc              # the test metric of the table
+    max_concurrent: 2
+    strategies:
+      bo_only:       {settings: {family: fixed, epochs: 60}, search: {inner_lr: ..., fixed_decay: ...}}
+      ift_defaults:  {settings: {family: weight_decay, granularity: per_weight, epochs: 60}}
+      hybrid:        {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., terms: ...},
+                      warm_start: true}   # optional: first trial at the defaults = the ift_defaults run
+
+``task`` holds the settings every strategy shares; it alone may set the data split (dataset,
+sizes, ``val_fraction``, ``imbalance``), so the three strategies train, select and are tested on
+the same examples. ``bo_only`` must use a family without λ (``fixed`` or ``fixed_augment``: no
+hypergradients), ``ift_defaults`` and ``hybrid`` one with λ; ``ift_defaults`` searches nothing.
+Each sweep strategy becomes a :class:`~hybrid_hpo.tune.spec.SweepSpec` checked by the sweep
+validator, so a bad key fails before anything runs, with a one-line ConfigError naming the field.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hybrid_hpo.config import RunConfig, field_names
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.tune.distributions import Distribution
+from hybrid_hpo.tune.spec import (OBJECTIVES, Resources, SweepSpec, check_known_key, first_error,
+                                  read_spec_file, validate_spec)
+
+STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
+SEARCHED: tuple[str, ...] = ("bo_only", "hybrid")
+SPLIT_KEYS: tuple[str, ...] = ("dataset", "data_root", "download", "val_fraction", "train_size", "val_size",
+                               "imbalance", "seed")
+"""Settings that decide the examples of each split: only ``task`` sets them (``seed`` comes from ``seeds``)."""
+
+
+class Strategy(BaseModel):
+    """One strategy: its fixed settings (RunConfig keys) and, for BO-only and hybrid, the space,
+    sampler and startup trials. ``warm_start``: the search's first trial runs RunConfig's defaults
+    of the searched keys (for the hybrid with the settings of ift_defaults: that very run)."""
+
+    model_config = ConfigDict(extra="forbid")
+    settings: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Distribution] = Field(default_factory=dict)
+    sampler: Literal["tpe", "gp"] = "tpe"
+    startup_trials: int | None = Field(default=None, ge=0)
+    warm_start: bool = False
+
+
+class CompareSpec(BaseModel):
+    """Task, seeds, budget, selection and the three strategies (module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    budget_s: float = Field(gt=0)
+    metric: str = "val_loss"
+    report: Literal["test_acc", "test_balanced_acc", "test_loss"] = "test_acc"
+    max_concurrent: int = Field(default=2, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    strategies: dict[Literal["bo_only", "ift_defaults", "hybrid"], Strategy]
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        if value not in OBJECTIVES or not value.startswith("val_"):
+            raise ValueError(f"{value!r} cannot select models; use val_loss or val_acc")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(not 0 <= seed < 2**32 for seed in value):
+            raise ValueError(f"must be distinct integers in [0, 2**32) (got {value})")
+        return value
+
+    @field_validator("strategies")
+    @classmethod
+    def _all_three(cls, value: dict) -> dict:
+        missing = [name for name in STRATEGIES if name not in value]
+        if missing:
+            raise ValueError(f"{missing[0]} is missing; give all of {', '.join(STRATEGIES)}")
+        return value
+
+    @property
+    def mode(self) -> str:
+        return OBJECTIVES[self.metric]
+
+    def run_settings(self, strategy: str, seed: int) -> dict[str, Any]:
+        """The fixed RunConfig mapping of ``strategy`` for the replicate ``seed``."""
+        return {**self.task, **self.strategies[strategy].settings, "seed": seed}
+
+    def sweep_spec(self, strategy: str, seed: int, max_trials: int = 100_000) -> SweepSpec:
+        """The Ray Tune + Optuna sweep of a searched strategy for one seed, stopped by ``budget_s``."""
+        chosen = self.strategies[strategy]
+        raw = {"name": f"{self.name}-{strategy}-seed{seed}", "task": self.run_settings(strategy, seed),
+               "search": dict(chosen.search), "sampler": chosen.sampler, "seed": seed,
+               "startup_trials": chosen.startup_trials, "num_trials": max_trials,
+               "max_concurrent": self.max_concurrent, "resources": self.resources.model_dump(),
+               "checkpoint_every": 0, "max_failures": 0, "time_budget_s": self.budget_s,
+               "metric": self.metric, "mode": self.mode}
+        if chosen.warm_start:
+            defaults = RunConfig.from_mapping(self.run_settings(strategy, seed)).to_dict()
+            raw["initial_points"] = [{key: defaults[key] for key in chosen.search}]
+        return validate_spec(raw, source=f"strategies.{strategy}")
+
+
+def load_compare_spec(path: str | Path) -> CompareSpec:
+    """Read and fully validate a comparison file; ConfigError ``<path>: <field>: <problem and fix>``."""
+    path = Path(path)
+    return validate_compare_spec(read_spec_file(path, "comparison"), source=str(path), default_name=path.stem)
+
+
+def validate_compare_spec(raw: dict[str, Any], source: str = "compare", default_name: str = "compare") -> CompareSpec:
+    """Validate a comparison mapping (see :func:`load_compare_spec`)."""
+    try:
+        spec = CompareSpec.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {first_error(error, CompareSpec)}") from None
+    spec.name = spec.name or default_name.replace("_", "-")
+    names = field_names()
+    for key in spec.task:
+        check_known_key(f"task.{key}", key, names, source)
+        if key == "seed":
+            raise ConfigError(f"{source}: task.seed: the replicates' seeds come from seeds; remove task.seed")
+    for strategy, chosen in spec.strategies.items():
+        for section in ("settings", "search"):
+            for key in getattr(chosen, section):
+                where = f"strategies.{strategy}.{section}.{key}"
+                check_known_key(where, key, names, source)
+                if key in SPLIT_KEYS:
+                    raise ConfigError(f"{source}: {where}: {key} decides the data split, which all strategies "
+                                      "share; set it in task")
+                if key in spec.task:
+                    raise ConfigError(f"{source}: {where}: {key} is already set in task; keep one")
+        _check_strategy(spec, strategy, source)
+    return spec
+
+
+def _check_strategy(spec: CompareSpec, strategy: str, source: str) -> None:
+    from hybrid_hpo.hyper import FAMILIES
+
+    chosen = spec.strategies[strategy]
+    if strategy in SEARCHED and not chosen.search:
+        raise ConfigError(f"{source}: strategies.{strategy}.search: is empty; {strategy} searches at least one "
+                          "setting, e.g. inner_lr: {type: loguniform, low: 1.0e-2, high: 0.3}")
+    if strategy == "ift_defaults" and chosen.search:
+        raise ConfigError(f"{source}: strategies.ift_defaults.search: ift_defaults is one run with default "
+                          "meta-settings; remove search")
+    try:
+        config = RunConfig.from_mapping(spec.run_settings(strategy, spec.seeds[0]))
+    except ConfigError as error:
+        raise ConfigError(f"{source}: strategies.{strategy}: {error}") from None
+    tunable = FAMILIES[config.family].tunable
+    if (strategy == "bo_only") == tunable:
+        fitting = ", ".join(name for name, family in FAMILIES.items() if family.tunable != tunable)
+        problem = "has hyperparameters tuned by hypergradient; BO-only uses one without" if tunable \
+            else "has no hyperparameters to tune by hypergradient; use one with"
+        raise ConfigError(f"{source}: strategies.{strategy}.settings.family: {config.family!r} {problem}: {fitting}")
+    if strategy in SEARCHED:
+        try:
+            spec.sweep_spec(strategy, spec.seeds[0])  # the sweep validator checks the space's corners
+        except ConfigError as error:
+            where = str(error).removeprefix(f"strategies.{strategy}: ")
+            raise ConfigError(f"{source}: strategies.{strategy}.{where}") from None
+

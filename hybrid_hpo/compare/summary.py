@@ -1,0 +1,111 @@
+"""From records to the comparison table: one selection rule for all three strategies.
+
+A strategy's *incumbent* at time t is, among the records it reported by t (every epoch of every
+trial; at most ``budget_s`` counts), the one with the best validation ``metric``: the model you
+would pick with the validation set alone. Its test metric is what the strategy delivers at t.
+Records whose validation metric is not finite (a diverged trial) are never picked; a strategy
+without any usable record delivers NaN (the table says so rather than crashing).
+
+Table row per strategy (over seeds): test metric mean ± sample std of the final incumbents,
+validation metric of the final incumbents, mean wall seconds, mean number of trials, mean epochs
+reported within the budget.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from hybrid_hpo.compare.run import StrategyRun
+from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec
+
+LABELS: dict[str, str] = {"bo_only": "BO-only (TPE, no hypergradients)",
+                          "ift_defaults": "IFT with default meta-settings",
+                          "hybrid": "Hybrid (TPE over meta-settings, IFT inside)"}
+
+
+def incumbents(records: Sequence[dict[str, Any]], metric: str, mode: str, budget_s: float) -> list[dict[str, Any]]:
+    """The records that became incumbent, in time order (each better than all before it), among
+    those with ``t <= budget_s`` and a finite ``metric``."""
+    sign = 1.0 if mode == "min" else -1.0
+    best, chain = math.inf, []
+    for record in sorted(records, key=lambda r: (not math.isfinite(r["t"]), r["t"])):
+        value = record.get(metric, math.nan)
+        if not record["t"] <= budget_s or not math.isfinite(value):  # also drops a NaN time
+            continue
+        if sign * value < best:
+            best = sign * value
+            chain.append(record)
+    return chain
+
+
+def final_incumbent(run: StrategyRun, spec: CompareSpec) -> dict[str, Any] | None:
+    """The record ``run`` delivers at the end of the budget (None when it has none)."""
+    chain = incumbents(run.records, spec.metric, spec.mode, spec.budget_s)
+    return chain[-1] if chain else None
+
+
+def incumbent_at(chain: Sequence[dict[str, Any]], t: float, key: str) -> float:
+    """``key`` of the incumbent at time ``t`` (NaN before the first record)."""
+    value = math.nan
+    for record in chain:
+        if record["t"] > t:
+            break
+        value = record.get(key, math.nan)
+    return value
+
+
+def summary_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[dict[str, Any]]:
+    """One row per strategy, in :data:`STRATEGIES` order (see the module docstring)."""
+    rows = []
+    for strategy in STRATEGIES:
+        mine = [run for run in runs if run.strategy == strategy]
+        finals = [final_incumbent(run, spec) for run in mine]
+        report = [f.get(spec.report, math.nan) if f else math.nan for f in finals]
+        val = [f.get(spec.metric, math.nan) if f else math.nan for f in finals]
+        epochs = [sum(r["t"] <= spec.budget_s for r in run.records) for run in mine]
+        rows.append({"strategy": strategy, "seeds": len(mine),
+                     f"{spec.report}_mean": _mean(report), f"{spec.report}_std": _std(report),
+                     f"{spec.metric}_mean": _mean(val), f"{spec.metric}_std": _std(val),
+                     "wall_s": _mean([run.wall_s for run in mine]), "trials": _mean([run.trials for run in mine]),
+                     "epochs": _mean(epochs), "per_seed": report})
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], spec: CompareSpec) -> str:
+    """The table of :func:`summary_rows` in Markdown (accuracies in %)."""
+    percent = spec.report != "test_loss"
+    scale, digits = (100.0, 1) if percent else (1.0, 3)
+    val_scale, val_digits = (100.0, 1) if spec.metric != "val_loss" else (1.0, 3)
+    unit = " %" if percent else ""
+    lines = [f"| strategy | {spec.report}{unit} (mean ± std) | {spec.metric} of the pick | wall s | trials | "
+             f"epochs in budget | {spec.report} per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        per_seed = ", ".join(_format(scale * v, digits) for v in row["per_seed"])
+        lines.append(
+            f"| {LABELS[row['strategy']]} "
+            f"| {_pm(row[f'{spec.report}_mean'], row[f'{spec.report}_std'], scale, digits)} "
+            f"| {_pm(row[f'{spec.metric}_mean'], row[f'{spec.metric}_std'], val_scale, val_digits)} "
+            f"| {row['wall_s']:.0f} | {row['trials']:.1f} | {row['epochs']:.0f} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float, scale: float, digits: int) -> str:
+    return f"{_format(scale * mean, digits)} ± {_format(scale * std, digits)}"
+
+
+def _format(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation; 0 for a single value, NaN when any value is NaN."""
+    if any(isinstance(v, float) and math.isnan(v) for v in values):
+        return math.nan
+    return statistics.stdev(values) if len(values) > 1 else 0.0

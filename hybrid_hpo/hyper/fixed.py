@@ -1,0 +1,92 @@
+"""``fixed``: plain training with a fixed L2 and fixed dropout, no λ (the BO-only baseline).
+
+    L_T(w) = mean_b CE(f_m(x_b; w), y_b) + 1/2 · c · ||w||²,   c = ``fixed_decay``
+
+where f_m is the model with (inverted) Bernoulli dropout of rate p = ``fixed_dropout`` at every
+dropout site (:func:`hybrid_hpo.models.dropout_sites`; after each hidden activation of ``mlp``):
+unit u of example b is scaled by m_bu / (1 − p), m_bu ~ Bernoulli(1 − p), so evaluation needs no
+rescaling. Prediction and L_V use no dropout. The masks come from the family's seeded CPU
+generator (checkpointed), so runs are reproducible.
+
+``num_hparams == 0``: the bilevel loop takes no hyper steps. This is what a low-dimensional
+search (Optuna through Ray Tune over ``inner_lr``, ``fixed_decay``, ``fixed_dropout``) tunes,
+with no hypergradients, in ``hybrid-hpo compare``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.hyper.augment import l2_penalty
+from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
+from hybrid_hpo.models import dropout_sites
+
+if TYPE_CHECKING:
+    from hybrid_hpo.config import RunConfig
+
+_SEED_OFFSET = 0xF1ED  # the mask generator's seed is config.seed + this
+
+
+class FixedRegularization(HyperFamily):
+    """No λ: fixed L2 ``fixed_decay`` and fixed Bernoulli dropout ``fixed_dropout`` (module docstring).
+
+    Args:
+        sites: dropout site buffer name -> site shape (units last), from :func:`dropout_sites`.
+        fixed_decay: c >= 0 of the L2 term.
+        fixed_dropout: drop rate p in [0, 1); 0 disables dropout.
+        seed: seed of the mask generator.
+    """
+
+    name = "fixed"
+    tunable = False
+
+    def __init__(self, sites: Mapping[str, tuple[int, ...]], *, fixed_decay: float = 0.0,
+                 fixed_dropout: float = 0.0, seed: int = 0) -> None:
+        super().__init__()
+        if not fixed_decay >= 0:
+            raise ConfigError(f"fixed_decay must be >= 0 (got {fixed_decay!r}); e.g. 1e-3, or 0 for no L2")
+        _check_dropout(fixed_dropout)
+        if fixed_dropout > 0 and not sites:
+            raise ConfigError("fixed_dropout: this model has no dropout sites; use model mlp or lstm_lm, "
+                              "or fixed_dropout 0")
+        self.sites = {name: tuple(shape) for name, shape in sites.items()}
+        self.fixed_decay, self.fixed_dropout = float(fixed_decay), float(fixed_dropout)
+        self._seed_generator(seed + _SEED_OFFSET)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: FamilyContext) -> FixedRegularization:
+        sites = dropout_sites(config.model, input_shape=context.input_shape, hidden=config.hidden)
+        return cls(sites, fixed_decay=config.fixed_decay, fixed_dropout=config.fixed_dropout, seed=config.seed)
+
+    @classmethod
+    def validate_config(cls, config: RunConfig) -> None:
+        _check_dropout(config.fixed_dropout)
+        if config.fixed_dropout > 0 and config.model not in ("mlp", "lstm_lm"):
+            raise ConfigError(f"fixed_dropout: model {config.model!r} has no dropout sites; use model mlp or "
+                              "lstm_lm, or fixed_dropout 0")
+
+    def masks(self, batch_size: int, like: Tensor) -> dict[str, Tensor]:
+        """One draw of inverted-dropout scales m / (1 − p) per site, shaped (batch_size, *site_shape)."""
+        keep = 1.0 - self.fixed_dropout
+        return {name: torch.bernoulli(torch.full((batch_size, *shape), keep), generator=self.generator)
+                .div_(keep).to(device=like.device, dtype=like.dtype) for name, shape in self.sites.items()}
+
+    def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                   batch: Batch) -> Tensor:
+        x, y, _ = batch
+        masks = self.masks(x.shape[0], next(iter(params.values()))) if self.fixed_dropout > 0 else {}
+        loss = F.cross_entropy(model_fn({**params, **masks}, x), y)
+        return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
+
+    def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
+        return {"fixed_decay": self.fixed_decay, "fixed_dropout": self.fixed_dropout}
+
+
+def _check_dropout(value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+        raise ConfigError(f"fixed_dropout must be a rate in [0, 1) (got {value!r}); e.g. 0.2, or 0 for none")

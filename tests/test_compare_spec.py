@@ -1,0 +1,99 @@
+"""Comparison files: the shipped ones load; bad ones fail with one line naming the field."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hybrid_hpo import cli
+from hybrid_hpo.compare.spec import load_compare_spec, validate_compare_spec
+from hybrid_hpo.errors import ConfigError
+
+SEARCHES = Path(__file__).resolve().parents[1] / "searches"
+GOOD = {
+    "task": {"dataset": "digits", "train_size": 100, "model": "mlp", "hidden": [16]},
+    "budget_s": 10,
+    "strategies": {
+        "bo_only": {"settings": {"family": "fixed"},
+                    "search": {"inner_lr": {"type": "loguniform", "low": 0.01, "high": 0.3}}},
+        "ift_defaults": {"settings": {"family": "weight_decay"}},
+        "hybrid": {"settings": {"family": "weight_decay"},
+                   "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1}}},
+    },
+}
+
+
+def _with(path: str, value):
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    *parents, last = path.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("name", ["compare_digits_few", "compare_digits_imbalanced"])
+def test_shipped_comparisons_load_with_three_sweepable_strategies(name):
+    spec = load_compare_spec(SEARCHES / f"{name}.yaml")
+    assert spec.name == name.replace("_", "-") and len(spec.seeds) >= 3 and spec.budget_s > 0
+    for strategy in ("bo_only", "hybrid"):
+        sweep = spec.sweep_spec(strategy, seed=2)
+        assert sweep.time_budget_s == spec.budget_s and sweep.task["seed"] == 2 and sweep.seed == 2
+        assert {k: v for k, v in sweep.task.items() if k in spec.task} == spec.task  # same data split
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("strategies.hybrid.settings.val_fraction", 0.3,
+     "strategies.hybrid.settings.val_fraction: val_fraction decides the data split"),
+    ("strategies.bo_only.search.train_size", {"type": "int", "low": 10, "high": 50},
+     "strategies.bo_only.search.train_size: train_size decides the data split"),
+    ("strategies.bo_only.settings.family", "weight_decay",
+     "strategies.bo_only.settings.family: 'weight_decay' has hyperparameters tuned by hypergradient"),
+    ("strategies.hybrid.settings.family", "fixed", "strategies.hybrid.settings.family: 'fixed' has no hyperparameters"),
+    ("strategies.ift_defaults.search", {"inner_lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
+     "strategies.ift_defaults.search: ift_defaults is one run"),
+    ("strategies.hybrid.search", {}, "strategies.hybrid.search: is empty"),
+    ("strategies.hybrid.settingz", {}, "strategies.hybrid.settingz: unknown key; did you mean 'settings'?"),
+    ("strategies.hybrid.search.hyper_lr.hi", 1, "strategies.hybrid.search.hyper_lr.hi: unknown key; did you mean 'high'?"),
+    ("strategies.hybrid.search.hyper_lr.low", -1.0, "strategies.hybrid.search.hyper_lr"),
+    ("strategies.hybrid.search.terms", {"type": "int", "low": -3, "high": 2}, "strategies.hybrid.search.terms: must be an integer >= 0"),
+    ("task.seed", 3, "task.seed: the replicates' seeds come from seeds"),
+    ("task.hiden", [3], "task.hiden: unknown setting; did you mean 'hidden'?"),
+    ("metric", "test_acc", "metric: 'test_acc' cannot select models"),
+    ("seeds", [1, 1], "seeds: must be distinct"),
+    ("budget_s", 0, "budget_s: Input should be greater than 0"),
+    ("strategies.hybrid.settings.inner_lr", -1, "strategies.hybrid: inner_lr must be a number > 0"),
+])
+def test_bad_comparison_fails_with_the_field(path, value, message):
+    with pytest.raises(ConfigError) as caught:
+        validate_compare_spec(_with(path, value), source="c.yaml")
+    assert str(caught.value).startswith("c.yaml: ") and message in str(caught.value), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_strategy_is_named():
+    raw = _with("strategies", {k: v for k, v in GOOD["strategies"].items() if k != "ift_defaults"})
+    with pytest.raises(ConfigError, match="strategies: ift_defaults is missing"):
+        validate_compare_spec(raw)
+
+
+def test_cli_bad_comparison_exit_2_writes_nothing(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_with("strategies.hybrid.settings.imbalance", 5)))
+    results = tmp_path / "out"
+    assert cli.main(["compare", str(tmp_path / "c.yaml"), "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hybrid-hpo compare: error: ") and "imbalance decides the data split" in err
+    assert len(err.splitlines()) == 1 and not results.exists()
+
+
+def test_a_sweep_file_is_pointed_to_the_sweep_command(capsys):
+    quickstart = SEARCHES / "quickstart.yaml"
+    assert cli.main(["compare", str(quickstart)]) == 2
+    assert f"is a sweep file; run hybrid-hpo sweep {quickstart}" in capsys.readouterr().err
+
+
+def test_cli_override_budget_is_validated(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(GOOD))
+    assert cli.main(["compare", str(tmp_path / "c.yaml"), "--budget-s", "-5", "--results-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--budget-s" in err and "greater than 0" in err and not (tmp_path / "o").exists()
