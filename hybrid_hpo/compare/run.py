@@ -8,8 +8,8 @@ with the seed, so slow drifts of the machine's load do not always hit the same s
   Optuna's sampler, as many trials as fit (Ray's ``time_budget_s``: at the deadline running
   trials stop where they are), ``max_concurrent`` at a time. Their Optuna studies share one
   storage, ``<results_dir>/optuna.sqlite3``.
-- ``ift_defaults``: one bilevel run in this process, epoch by epoch until its ``epochs`` are done
-  or the budget is spent.
+- ``ift_defaults``: one bilevel run in this process (with ``--address``: on the driver's machine),
+  epoch by epoch until its ``epochs`` are done or the budget is spent.
 
 Every epoch any trial reports becomes a record: ``t`` (seconds since the strategy started, the
 same clock for all three), the trial, the epoch and the metrics. Records after ``budget_s`` are
