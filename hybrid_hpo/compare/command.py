@@ -43,21 +43,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
-    from hybrid_hpo.compare.spec import load_compare_spec, validate_compare_spec
+    from hybrid_hpo.compare.spec import SEARCHED, load_compare_spec, validate_compare_spec
 
     spec = load_compare_spec(args.spec)
-    overrides = {key: value for key, value in (("budget_s", args.budget_s), ("seeds", args.seeds)) if value is not None}
-    if args.warm_start:
-        for strategy in ("bo_only", "hybrid"):
-            spec.strategies[strategy].warm_start = True
-        spec = validate_compare_spec(spec.model_dump(exclude_none=True, mode="json"), source=f"{args.spec} --warm-start")
-    if overrides:
-        flags = {"budget_s": "--budget-s", "seeds": "--seeds"}
-        try:
-            spec = validate_compare_spec({**spec.model_dump(exclude_none=True, mode="json"), **overrides},
-                                         source=" ".join(flags[k] for k in overrides), default_name=spec.name)
-        except ConfigError as error:
-            raise ConfigError(str(error).replace(": budget_s:", ":").replace(": seeds:", ":")) from None
+    if args.budget_s is not None or args.seeds is not None or args.warm_start:
+        raw = spec.model_dump(exclude_none=True, mode="json")
+        raw.update({key: value for key, value in (("budget_s", args.budget_s), ("seeds", args.seeds)) if value is not None})
+        for strategy in SEARCHED if args.warm_start else ():
+            raw["strategies"][strategy]["warm_start"] = True
+        spec = validate_compare_spec(raw, source=f"{args.spec} with the command-line options")
     results_dir = _results_dir(args.results_dir, spec.name)
     _preflight(spec, results_dir, args.address)
     outcome = compare(spec, results_dir, address=args.address, progress=True)
