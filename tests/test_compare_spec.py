@@ -32,10 +32,10 @@ def _with(path: str, value):
     return raw
 
 
-@pytest.mark.parametrize("name", ["compare_digits_few", "compare_digits_imbalanced"])
-def test_shipped_comparisons_load_with_three_sweepable_strategies(name):
-    spec = load_compare_spec(SEARCHES / f"{name}.yaml")
-    assert spec.name == name.replace("_", "-") and len(spec.seeds) >= 3 and spec.budget_s > 0
+@pytest.mark.parametrize("path", sorted(SEARCHES.glob("compare_*.yaml")), ids=lambda p: p.name)
+def test_shipped_comparisons_load_with_three_sweepable_strategies(path):
+    spec = load_compare_spec(path)
+    assert spec.name == path.stem.replace("_", "-") and len(spec.seeds) >= 3 and spec.budget_s > 0
     for strategy in ("bo_only", "hybrid"):
         sweep = spec.sweep_spec(strategy, seed=2)
         assert sweep.time_budget_s == spec.budget_s and sweep.task["seed"] == 2 and sweep.seed == 2
