@@ -14,7 +14,8 @@ results dir must be storage every node can write (Ray persists checkpoints there
 
 Time budget (``time_budget_s``): Ray stops the sweep at the deadline; running trials stop where
 they are (status "budget"), and their Optuna trials, which Ray never reports as ended, are closed
-PRUNED with ``end_reason`` "stopped by the sweep's time_budget_s". The sweep then counts as done.
+PRUNED with ``end_reason`` "stopped by the sweep's time_budget_s" — as is a trial the searcher
+suggested just before the deadline and Ray never started. The sweep then counts as done.
 
 Fault tolerance: a trial whose process dies is restarted from its last checkpoint up to
 ``max_failures`` times (Ray's FailureConfig); the searcher hears of it only when it finally ends,
