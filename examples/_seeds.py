@@ -42,6 +42,12 @@ def mean_std(finals: list[dict], key: str, scale: float = 1.0, digits: int = 1) 
     return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
+def print_commands(commands: list[str], seeds: Iterable[int]) -> None:
+    """After a table: the ``hybrid-hpo run`` line of one seed of each row (``commands``)."""
+    print("\nOne seed of each row (seeds " + " ".join(map(str, seeds)) + "):")
+    print("\n".join(commands))
+
+
 def command(settings: Mapping[str, Any], seed: int = 0) -> str:
     """The ``hybrid-hpo run`` command line of one seed of ``settings``."""
     flags = []

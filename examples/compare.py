@@ -24,7 +24,7 @@ from pathlib import Path
 from hybrid_hpo.compare.command import compare
 from hybrid_hpo.compare.plots import plot_importances, plot_test_vs_time
 from hybrid_hpo.compare.run import StrategyRun
-from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec, load_compare_spec, validate_compare_spec
+from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec, load_compare_spec, validate_compare_spec, with_changes
 from hybrid_hpo.compare.summary import LABELS, final_incumbent, incumbent_at, incumbents
 
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -49,11 +49,9 @@ def main() -> None:
             plot_test_vs_time(runs, spec, args.plots / f"{spec.name}_test_vs_time.png")
             plot_importances(saved["importances"], spec, args.plots / f"{spec.name}_hybrid_importances.png")
     else:
-        spec = load_compare_spec(args.spec)
-        raw = spec.model_dump(mode="json", exclude_none=True)
-        raw["task"] = {**spec.task, **({"dataset": args.dataset} if args.dataset else {})}
-        raw.update({k: v for k, v in (("budget_s", args.budget_s), ("seeds", args.seeds)) if v is not None})
-        spec = validate_compare_spec(raw, source="examples/compare.py")
+        spec = with_changes(load_compare_spec(args.spec), "examples/compare.py",
+                            task={"dataset": args.dataset} if args.dataset else None,
+                            budget_s=args.budget_s, seeds=args.seeds)
         results_dir = args.results_dir or Path("results") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
         outcome = compare(spec, results_dir.resolve(), progress=True)
         print(outcome["table"])

@@ -17,7 +17,7 @@ import argparse
 import math
 from pathlib import Path
 
-from _seeds import NO_HYPER_STEPS, command, mean_std, run_seeds
+from _seeds import NO_HYPER_STEPS, command, mean_std, print_commands, run_seeds
 
 TASKS = {
     "mlp": {"dataset": "digits", "train_size": 300, "val_size": 300, "val_fraction": 0.5, "model": "mlp",
@@ -52,8 +52,7 @@ def main() -> None:
                   f"{mean_std(finals, 'dropout_mean', 1, 2)} / {mean_std(finals, 'dropout_min', 1, 2)} / "
                   f"{mean_std(finals, 'dropout_max', 1, 2)} | {mean_std(finals, 'wall_s')} |", flush=True)
             commands.append(f"{task} {row}: {command(settings, args.seeds[0])}")
-    print("\nOne seed of each row (seeds " + " ".join(map(str, args.seeds)) + "):")
-    print("\n".join(commands))
+    print_commands(commands, args.seeds)
 
 
 if __name__ == "__main__":

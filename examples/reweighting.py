@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _seeds import NO_HYPER_STEPS, command, mean_std, run_seeds
+from _seeds import NO_HYPER_STEPS, command, mean_std, print_commands, run_seeds
 
 SOLVERS = {  # row -> solver settings (terms = Neumann terms / CG iterations)
     "none": {"solver": "identity", "inner_steps": NO_HYPER_STEPS},
@@ -51,8 +51,7 @@ def main() -> None:
               f"{mean_std(finals, 'val_acc', 100)} | {mean_std(finals, 'example_weight_min', 1, 2)} / "
               f"{mean_std(finals, 'example_weight_max', 1, 2)} | {mean_std(finals, 'wall_s')} |", flush=True)
         commands.append(f"{row}: {command(settings, args.seeds[0])}")
-    print("\nOne seed of each row (seeds " + " ".join(map(str, args.seeds)) + "):")
-    print("\n".join(commands))
+    print_commands(commands, args.seeds)
 
 
 if __name__ == "__main__":

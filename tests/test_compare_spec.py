@@ -98,3 +98,16 @@ def test_cli_override_budget_is_validated(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "with the command-line options: budget_s: Input should be greater than 0" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_with_changes_applies_command_line_changes_and_validates_them_again():
+    from hybrid_hpo.compare.spec import with_changes
+
+    spec = validate_compare_spec(GOOD, default_name="c")
+    assert with_changes(spec, "cli") is spec
+    changed = with_changes(spec, "cli", task={"dataset": "mnist1d"}, budget_s=30, seeds=[4], warm_start=True)
+    assert changed.task == {**GOOD["task"], "dataset": "mnist1d"} and changed.budget_s == 30 and changed.seeds == [4]
+    assert [changed.strategies[s].warm_start for s in ("bo_only", "ift_defaults", "hybrid")] == [True, False, True]
+    assert changed.name == spec.name
+    with pytest.raises(ConfigError, match="^cli: seeds: must be distinct"):
+        with_changes(spec, "cli", seeds=[1, 1])

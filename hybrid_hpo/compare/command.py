@@ -43,15 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
-    from hybrid_hpo.compare.spec import SEARCHED, load_compare_spec, validate_compare_spec
+    from hybrid_hpo.compare.spec import load_compare_spec, with_changes
 
-    spec = load_compare_spec(args.spec)
-    if args.budget_s is not None or args.seeds is not None or args.warm_start:
-        raw = spec.model_dump(exclude_none=True, mode="json")
-        raw.update({key: value for key, value in (("budget_s", args.budget_s), ("seeds", args.seeds)) if value is not None})
-        for strategy in SEARCHED if args.warm_start else ():
-            raw["strategies"][strategy]["warm_start"] = True
-        spec = validate_compare_spec(raw, source=f"{args.spec} with the command-line options")
+    spec = with_changes(load_compare_spec(args.spec), f"{args.spec} with the command-line options",
+                        budget_s=args.budget_s, seeds=args.seeds, warm_start=args.warm_start)
     results_dir = _results_dir(args.results_dir, spec.name)
     _preflight(spec, results_dir, args.address)
     outcome = compare(spec, results_dir, address=args.address, progress=True)
@@ -72,19 +67,19 @@ def _results_dir(given: str | None, name: str) -> Path:
 
 def _preflight(spec, results_dir: Path, address: str | None) -> None:
     """Bad input before anything is written: results dir, Ray address, datasets present offline."""
+    from hybrid_hpo.compare.spec import SEARCHED
     from hybrid_hpo.tune.sweep import check_datasets, check_writable, probe_address
 
     check_writable(results_dir)
     if address:
         probe_address(address)
-    else:
-        for strategy in ("bo_only", "hybrid"):
-            check_datasets(spec.sweep_spec(strategy, spec.seeds[0]))
+    else:  # the data settings live in task only, so one strategy's sweep names every dataset
+        check_datasets(spec.sweep_spec(SEARCHED[0], spec.seeds[0]))
 
 
 def compare(spec, results_dir: Path, *, address: str | None = None, progress: bool = False) -> dict:
     """Run ``spec`` (:func:`hybrid_hpo.compare.run.run_comparison`), write the results dir (module
-    docstring) and return ``{"runs", "rows", "table", "files"}``."""
+    docstring) and return ``{"runs", "rows", "table"}``."""
     from hybrid_hpo.compare.plots import hybrid_importances, plot_importances, plot_test_vs_time
     from hybrid_hpo.compare.run import run_comparison, runs_as_json
     from hybrid_hpo.compare.summary import final_incumbent, markdown_table, summary_rows
@@ -100,12 +95,11 @@ def compare(spec, results_dir: Path, *, address: str | None = None, progress: bo
     runs = run_comparison(spec, results_dir, address=address, on_run=report)
     rows = summary_rows(runs, spec)
     table = markdown_table(rows, spec)
-    files = [plot_test_vs_time(runs, spec, results_dir / "test_vs_time.png")]
+    plot_test_vs_time(runs, spec, results_dir / "test_vs_time.png")
     importances = hybrid_importances(runs, sqlite_url(results_dir / STORAGE_FILENAME))
-    picture = plot_importances(importances, spec, results_dir / "hybrid_importances.png")
-    files += [picture] if picture else []
+    plot_importances(importances, spec, results_dir / "hybrid_importances.png")
     (results_dir / "table.md").write_text(table + "\n")
     (results_dir / RESULTS_FILE).write_text(json.dumps(
         {"spec": spec.model_dump(mode="json"), "rows": rows, "importances": importances,
          "runs": runs_as_json(runs)}, indent=1) + "\n")
-    return {"runs": runs, "rows": rows, "table": table, "files": files + [results_dir / "table.md"]}
+    return {"runs": runs, "rows": rows, "table": table}

@@ -18,7 +18,6 @@ the first sweep, and is not charged to any strategy.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -27,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec
-
-logger = logging.getLogger(__name__)
 
 RECORD_KEYS: tuple[str, ...] = ("val_loss", "val_acc", "val_balanced_acc", "test_loss", "test_acc",
                                 "test_balanced_acc", "train_loss", "train_acc")

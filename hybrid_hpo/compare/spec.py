@@ -146,6 +146,21 @@ def validate_compare_spec(raw: dict[str, Any], source: str = "compare", default_
     return spec
 
 
+def with_changes(spec: CompareSpec, source: str, *, task: dict[str, Any] | None = None, budget_s: float | None = None,
+                 seeds: list[int] | None = None, warm_start: bool = False) -> CompareSpec:
+    """``spec`` with changes given on a command line, validated again (ConfigError naming
+    ``source``): ``task`` keys replaced, ``budget_s`` / ``seeds`` when not None, and with
+    ``warm_start`` both searches warm-started. Without changes, ``spec`` itself."""
+    if not task and budget_s is None and seeds is None and not warm_start:
+        return spec
+    raw = spec.model_dump(exclude_none=True, mode="json")
+    raw["task"] = {**spec.task, **(task or {})}
+    raw.update({key: value for key, value in (("budget_s", budget_s), ("seeds", seeds)) if value is not None})
+    for strategy in SEARCHED if warm_start else ():
+        raw["strategies"][strategy]["warm_start"] = True
+    return validate_compare_spec(raw, source=source, default_name=spec.name)
+
+
 def _check_strategy(spec: CompareSpec, strategy: str, source: str) -> None:
     from hybrid_hpo.hyper import FAMILIES
 
