@@ -87,7 +87,7 @@ def main() -> None:
         data = load_dataset("digits", val_fraction=config.val_fraction, seed=seed)
         real.append(fresh_accuracy(config, data, *random_real(data, args.per_class, seed), args.retrain_steps))
         start = time.perf_counter()
-        trainer = BilevelTrainer(config, data=data)
+        trainer = BilevelTrainer(config)
         final = trainer.fit(progress=False)[-1]
         distilled.append(fresh_accuracy(config, data, *trainer.family.images(), args.retrain_steps))
         times.append(time.perf_counter() - start)

@@ -1,6 +1,8 @@
 """hybrid-hpo: implicit differentiation over millions of hyperparameters inside a Bayesian search.
 
-The public math API (see DESIGN.md)::
+Your own model, data, loss and metrics: :class:`Task` (run it with
+``hybrid_hpo.bilevel.BilevelTrainer(config, task=...)``, ``tune.with_parameters(IFTTrainable,
+task=...)`` or ``hybrid-hpo run --task FILE.py:FUNCTION``). The math API::
 
     from hybrid_hpo import hypergradient, Identity, Neumann, ConjugateGradient, Nystrom, Exact
 """
@@ -17,6 +19,8 @@ from hybrid_hpo.implicit import (
     unrolled_hypergradient,
 )
 
+from hybrid_hpo.task import Task
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "Identity",
     "Neumann",
     "Nystrom",
+    "Task",
     "hypergradient",
     "make_solver",
     "unrolled_hypergradient",

@@ -13,8 +13,16 @@ epoch length. All randomness of the loop (shuffles, hyper batches) comes from on
 forked global RNG. On CPU a run is therefore reproducible, and :meth:`BilevelTrainer.state_dict`
 / :meth:`BilevelTrainer.load_state_dict` continue it bit for bit.
 
-Metrics (one dict per epoch; losses are mean cross-entropy without any penalty, measured on the
-full splits in eval mode after the epoch): epoch, train/val/test loss and acc, hypergrad_norm
+The task (model, data, per-example loss, metrics) is a :class:`hybrid_hpo.Task`: given directly,
+made by a factory ``config -> Task`` (a function, or its name in ``config.task``), or the built-in
+one of ``config.dataset`` / ``config.model``. The loop picks the examples of every batch by
+position (see :mod:`hybrid_hpo.splits`), so in-memory tensors and DataLoader-read datasets give the
+same batches and the same metrics for the same seed.
+
+Metrics (one dict per epoch; losses are the task's mean loss without any penalty, measured on the
+full splits in eval mode after the epoch): epoch, <split>_loss and <split>_<metric> for each of
+the task's metrics (default: acc) and, for classification, <split>_balanced_acc, with split in
+train / val / test (test only when the task has a test set), hypergrad_norm
 (mean L2 norm of the accepted hypergradients of the epoch), solver_residual (mean relative residual
 of the linear solves, NaN for solvers without one), solver_diverged_steps, rejected_hyper_steps,
 hyper_steps (counts in this epoch; rejected steps are included in hyper_steps), epoch_time_s,
@@ -35,14 +43,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid_hpo.config import RunConfig
-from hybrid_hpo.data import DataSplits, Split, load_dataset
 from hybrid_hpo.hyper import FamilyContext, family_class
 from hybrid_hpo.implicit import hypergradient, make_solver
-from hybrid_hpo.models import build_model
+from hybrid_hpo.splits import DatasetSplit, Split
+from hybrid_hpo.task import TaskSource, make_splits, metric_names, resolve_task
 
 logger = logging.getLogger(__name__)
 
@@ -82,32 +89,33 @@ class BilevelTrainer:
     Args:
         config: the run settings (validated here).
         device: overrides ``config.device``; "auto" picks cuda when available.
-        data: pre-loaded splits (e.g. shared between trials); default: ``load_dataset`` from config.
+        task: a :class:`hybrid_hpo.Task`, a factory ``config dict -> Task``, or a factory's name
+            (``FILE.py:FUNCTION`` / ``MODULE:FUNCTION``); default: ``config.task``, else the built-in
+            task of ``config.dataset`` and ``config.model``. A Task's model is trained in place.
 
     Attributes:
         epoch: epochs completed.
+        task: the :class:`hybrid_hpo.Task` trained on.
         model: the ``nn.Module`` (its parameters are the weights w).
+        data: the :class:`~hybrid_hpo.splits.DataSplits` (train / val / test).
         family: the :class:`~hybrid_hpo.hyper.HyperFamily` owning λ.
     """
 
     def __init__(self, config: RunConfig, device: str | torch.device | None = None,
-                 data: DataSplits | None = None) -> None:
+                 task: TaskSource = None) -> None:
         config.validate()
         self.config = config
         self.device = resolve_device(config.device if device is None else device)
-        if data is None:
-            data = load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed,
-                                root=config.data_root, download=config.download,
-                                train_size=config.train_size, val_size=config.val_size,
-                                imbalance=config.imbalance)
-        self.data = data.to(self.device)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                                     hidden=config.hidden, activation=config.activation).to(self.device)
+            torch.manual_seed(config.seed)  # model (factory) and family initialisation are reproducible
+            self.task = resolve_task(task, config)
+            self.model = self.task.model.to(self.device)
+            self.data = data = make_splits(self.task, config, self.device)
             context = FamilyContext(params=dict(self.model.named_parameters()), num_train=len(data.train),
-                                    input_shape=data.input_shape, num_classes=data.num_classes)
+                                    input_shape=data.input_shape, num_classes=data.num_classes, model=self.model,
+                                    loss=self.task.example_loss)
             self.family = family_class(config.family).from_config(config, context)
+        self.metric_functions = self.task.metric_functions()
         self.inner_optimizer = make_optimizer(config.inner_optimizer, self.model.parameters(), config.inner_lr)
         self.hyper_optimizer = (make_optimizer(config.hyper_optimizer, self.family.hparams().values(),
                                                config.hyper_lr) if self.family.num_hparams else None)
@@ -135,8 +143,7 @@ class BilevelTrainer:
         with tqdm(total=epochs * steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
             for _ in range(epochs):
                 metrics = self._run_epoch(lambda: bar.update(1))
-                bar.set_postfix(epoch=metrics["epoch"], val_loss=f"{metrics['val_loss']:.4f}",
-                                test_acc=f"{metrics['test_acc']:.3f}")
+                bar.set_postfix(epoch=metrics["epoch"], val_loss=f"{metrics['val_loss']:.4f}")
                 history.append(metrics)
                 if on_epoch is not None:
                     on_epoch(metrics)
@@ -147,9 +154,9 @@ class BilevelTrainer:
         config, train = self.config, self.data.train
         self.model.train()
         stats = _HyperStats()
-        order = torch.randperm(len(train), generator=self.generator).to(self.device)
-        for index in order.split(config.batch_size):
-            self._inner_step((train.x[index], train.y[index], index))
+        positions = torch.randperm(len(train), generator=self.generator).to(self.device).split(config.batch_size)
+        for index, (x, y) in zip(positions, train.batches(positions)):
+            self._inner_step((x, y, index))
             self.inner_step_count += 1
             if self.hyper_optimizer is not None and self.inner_step_count % config.inner_steps == 0:
                 self._hyper_step(stats)
@@ -180,10 +187,10 @@ class BilevelTrainer:
         loss.backward()
         self.inner_optimizer.step()
 
-    def _draw(self, split: Split) -> tuple[Tensor, Tensor, Tensor]:
+    def _draw(self, split: Split | DatasetSplit) -> tuple[Tensor, Tensor, Tensor]:
         """A mini-batch of distinct examples (the whole split when it is smaller than a batch)."""
         index = torch.randperm(len(split), generator=self.generator)[: self.config.batch_size].to(self.device)
-        return split.x[index], split.y[index], index
+        return (*split.fetch(index), index)
 
     def _hyper_step(self, stats: _HyperStats) -> None:
         """One step on λ with the IFT hypergradient; rejected (λ unchanged) when not finite."""
@@ -219,31 +226,38 @@ class BilevelTrainer:
     # ---------------------------------------------------------------------------------- metrics
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float]:
-        """Mean cross-entropy, accuracy and balanced accuracy (mean per-class recall over the classes
-        present) on the full train / val / test splits, eval mode. Sequence targets (N, T) count per
-        token."""
+        """On each evaluated split (train, val, test if present), eval mode: ``<split>_loss``, the
+        mean task loss; ``<split>_<name>``, the mean of each task metric; for classification
+        ``<split>_balanced_acc``, the mean per-class recall over the classes present (sequence
+        targets (N, T) count per token). One host sync for all of them."""
         self.model.eval()
         params, hparams = self._params(detach=True), self._detached_hparams()
         model_fn = partial(_model_fn, self.model, dict(self.model.named_buffers()))
-        values = []
-        for split in (self.data.train, self.data.val, self.data.test):
-            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            correct = torch.zeros((), dtype=torch.float64, device=self.device)
-            by_class = torch.zeros((2, self.data.num_classes), dtype=torch.float64, device=self.device)
-            for x, y in zip(split.x.split(_EVAL_CHUNK), split.y.split(_EVAL_CHUNK)):
-                logits = self.family.predict(model_fn, params, hparams, x)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-                predicted = logits.argmax(dim=1)
-                correct += (predicted == y).sum()
-                by_class += torch.stack(per_class_counts(predicted, y, self.data.num_classes))
-            present = by_class[1] > 0
-            recall = (by_class[0][present] / by_class[1][present]).mean()
-            values += [loss_sum / split.y.numel(), correct / split.y.numel(), recall]
+        functions = {"loss": self.task.example_loss, **self.metric_functions}
+        classes = self.data.num_classes
+        keys, values = [], []
+        for prefix, split in self.data.evaluated():
+            sums = torch.zeros(len(functions), dtype=torch.float64, device=self.device)
+            by_class = torch.zeros((2, classes or 0), dtype=torch.float64, device=self.device)
+            chunks = torch.arange(len(split), device=self.device).split(_EVAL_CHUNK)
+            for x, y in split.batches(chunks):
+                output = self.family.predict(model_fn, params, hparams, x)
+                sums += torch.stack([function(output, y).double().sum() for function in functions.values()])
+                if classes:
+                    by_class += torch.stack(per_class_counts(output.argmax(dim=1), y, classes))
+            keys += [f"{prefix}_{name}" for name in functions]
+            values.append(sums / len(split))
+            if classes:
+                present = by_class[1] > 0
+                keys.append(f"{prefix}_balanced_acc")
+                values.append((by_class[0][present] / by_class[1][present]).mean().reshape(1))
         self.model.train()
-        numbers = torch.stack(values).tolist()
-        keys = ("train_loss", "train_acc", "train_balanced_acc", "val_loss", "val_acc", "val_balanced_acc",
-                "test_loss", "test_acc", "test_balanced_acc")
-        return dict(zip(keys, numbers))
+        return dict(zip(keys, torch.cat(values).tolist()))
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The keys :meth:`train_epoch` reports for the splits, e.g. ``("train_loss", "train_acc",
+        "train_balanced_acc", "val_loss", ...)``, in order."""
+        return metric_names(self.data, self.metric_functions)
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:

@@ -32,8 +32,12 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 class RunConfig:
     """Settings of one bilevel run (see the module docstring; README-bilevel.md has a table).
 
-    Task: ``dataset``, ``model`` (+ ``hidden``, ``activation``), ``val_fraction``, ``train_size``,
-    ``val_size``, ``data_root``, ``download``. Hyperparameters tuned by gradient: ``family``
+    Task: ``task``, a factory ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION`` returning a
+    :class:`hybrid_hpo.Task` (your own model, data, loss and metrics; it receives these settings as
+    a dict), or None for the built-in task chosen by ``dataset``, ``model`` (+ ``hidden``,
+    ``activation``), ``train_size``, ``val_size``, ``imbalance``, ``data_root``, ``download``;
+    ``val_fraction`` (the validation share of the pool); ``num_workers`` (DataLoader workers for
+    datasets that are not in-memory tensors). Hyperparameters tuned by gradient: ``family``
     (+ ``granularity``, ``init_decay``; ``fixed_decay``, a fixed L2 c/2·||w||² on all weights in L_T of
     the augment, fixed_augment and distill families; ``augment_width``, channels of the learned
     augmenter; ``augment_shift`` / ``augment_flip``, the fixed_augment baseline's max shift in pixels
@@ -46,6 +50,7 @@ class RunConfig:
     (``hyper_optimizer``, ``hyper_lr``); ``epochs`` passes over the training split.
     """
 
+    task: str | None = None
     dataset: str = "digits"
     model: str = "mlp"
     family: str = "weight_decay"
@@ -80,6 +85,7 @@ class RunConfig:
     imbalance: float | None = None
     init_dropout: float = 0.1
     fixed_dropout: float = 0.0
+    num_workers: int = 0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
@@ -153,6 +159,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1 or none for the whole split (got {value!r})")
+        _at_least("num_workers", self.num_workers, 0)
+        if self.task is not None and ":" not in self.task:
+            raise ConfigError(f"task: {self.task!r} is not a factory name; use FILE.py:FUNCTION or MODULE:FUNCTION, "
+                              "e.g. my_tasks.py:make_task")
         if self.imbalance is not None and not (math.isfinite(self.imbalance) and self.imbalance >= 1):
             raise ConfigError(f"imbalance must be a ratio >= 1 (largest / smallest train class) or none "
                               f"(got {self.imbalance!r}); e.g. 50")

@@ -1,4 +1,4 @@
-"""Datasets as in-memory tensors, split into train / val / test.
+"""The built-in datasets as in-memory tensors, split into train / val / test.
 
 Every loader returns a :class:`DataSplits` whose ``x`` tensors are float32 shaped ``(N, *input_shape)``
 and whose ``y`` tensors are int64 class indices shaped ``(N,)``:
@@ -36,13 +36,13 @@ import functools
 import numbers
 import os
 import random
-from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.splits import DataSplits, Split
 
 DATASETS: tuple[str, ...] = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "text")
 
@@ -60,35 +60,6 @@ _TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", (3, 32, 32), 10),
     "cifar100": ("CIFAR100", "cifar-100-python", (3, 32, 32), 100),
 }
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split: ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)`` (text: both int64 (N, T))."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
-@dataclass(frozen=True)
-class DataSplits:
-    """train / val / test splits of one dataset plus what a model needs to know about it."""
-
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-    input_shape: tuple[int, ...]
-    name: str
-
-    def to(self, device: str | torch.device) -> "DataSplits":
-        """A copy with every tensor on ``device`` (dtypes unchanged)."""
-        moved = {k: Split(s.x.to(device), s.y.to(device)) for k, s in
-                 (("train", self.train), ("val", self.val), ("test", self.test))}
-        return replace(self, **moved)
 
 
 def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | None = None,

@@ -2,20 +2,20 @@
 
 =========  ====================================================================================
 logreg     flatten -> Linear(D, C); D = prod(input_shape)
-mlp        flatten -> [Linear -> activation -> UnitGate] per entry of ``hidden`` -> Linear(hidden[-1], C)
+mlp        flatten -> [Linear -> activation -> HyperDropout] per entry of ``hidden`` -> Linear(hidden[-1], C)
 cnn        conv(32) -> act -> conv(64) -> act -> maxpool(2) -> adaptive avg pool -> flatten -> Linear(., C);
            Conv1d for input_shape (C_in, L) (e.g. mnist1d), Conv2d for (C_in, H, W); ~20-30k weights
 resnet18   torchvision resnet18 (no pretrained weights) with ``input_shape[0]`` input channels;
            ``cifar_stem=True``: conv1 is 3x3 stride 1 and the max-pool is removed (CIFAR variant)
-lstm_lm    character/word language model for x (N, T) int64 tokens: Embedding(V, H) -> UnitGate ->
-           LSTM(H, H) -> UnitGate -> Linear(H, V); logits shaped (N, V, T) (V = num_classes,
+lstm_lm    character/word language model for x (N, T) int64 tokens: Embedding(V, H) -> HyperDropout ->
+           LSTM(H, H) -> HyperDropout -> Linear(H, V); logits shaped (N, V, T) (V = num_classes,
            H = hidden[0]), the layout F.cross_entropy and argmax(dim=1) take for targets (N, T)
 =========  ====================================================================================
 
-Dropout sites: :class:`UnitGate` multiplies activations by a non-persistent buffer ``scale`` of
-ones, so the plain forward pass is unchanged (bit for bit, same parameter initialisation) and a
+Dropout sites: :class:`hybrid_hpo.nn.HyperDropout` multiplies activations by a non-persistent buffer ``scale``
+of ones, so the plain forward pass is unchanged (bit for bit, same parameter initialisation) and a
 family can substitute a per-example scale through ``functional_call`` (per-unit dropout,
-:mod:`hybrid_hpo.hyper.dropout`). :func:`dropout_sites` lists them without building the model.
+:mod:`hybrid_hpo.hyper.dropout`); :func:`hybrid_hpo.nn.dropout_sites` lists them.
 
 All are plain ``nn.Module`` trees, so ``torch.func.functional_call(model, params, (x,))`` and
 ``model.double()`` work; the device is the caller's (no ``.cuda()`` here).
@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.nn import HyperDropout
 
 MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn", "resnet18", "lstm_lm")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
-_MLP_STRIDE = 3  # Linear, activation, UnitGate per hidden layer (after a leading Flatten)
 _CNN_CHANNELS = (32, 64)
 _CNN_POOLED = {1: 4, 2: 2}  # adaptive-pool output size per spatial dim (length 4 in 1-D, 2x2 in 2-D)
 
@@ -71,18 +71,6 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
     return _resnet18(input_shape, num_classes, bool(cifar_stem))
 
 
-class UnitGate(nn.Module):
-    """y = x * scale, ``scale`` a non-persistent buffer of ones shaped ``site_shape`` (the units on the
-    last axis). A dropout family substitutes a per-example scale (B, *site_shape) via functional_call."""
-
-    def __init__(self, site_shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.register_buffer("scale", torch.ones(site_shape), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
-
-
 class LSTMLanguageModel(nn.Module):
     """Embedding(V, H) -> gate -> one-layer LSTM(H, H) -> gate -> Linear(H, V).
 
@@ -93,26 +81,14 @@ class LSTMLanguageModel(nn.Module):
     def __init__(self, vocab: int, width: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.embed_gate = UnitGate((1, width))
+        self.embed_gate = HyperDropout((1, width))
         self.lstm = nn.LSTM(width, width, batch_first=True)
-        self.output_gate = UnitGate((1, width))
+        self.output_gate = HyperDropout((1, width))
         self.decoder = nn.Linear(width, vocab)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.lstm(self.embed_gate(self.embed(x)))
         return self.decoder(self.output_gate(hidden)).transpose(1, 2)
-
-
-def dropout_sites(name: str, *, input_shape: tuple[int, ...], hidden: tuple[int, ...] = (512, 256)
-                  ) -> dict[str, tuple[int, ...]]:
-    """The :class:`UnitGate` buffers of model ``name``: buffer name -> site shape (units last),
-    e.g. mlp hidden (32, 16) -> {"3.scale": (32,), "6.scale": (16,)}. Empty for models without sites."""
-    if name == "mlp":
-        return {f"{_MLP_STRIDE * i + _MLP_STRIDE}.scale": (width,) for i, width in enumerate(hidden)}
-    if name == "lstm_lm":
-        width = _lm_width(tuple(input_shape), tuple(hidden))
-        return {"embed_gate.scale": (1, width), "output_gate.scale": (1, width)}
-    return {}
 
 
 def _lm_width(input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> int:
@@ -130,13 +106,13 @@ def _is_pos_int(v: object) -> bool:
 
 def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...],
          act: type[nn.Module]) -> nn.Sequential:
-    """flatten -> (Linear(d_i, d_{i+1}) -> act -> UnitGate) per hidden width -> Linear(d_last, C)."""
+    """flatten -> (Linear(d_i, d_{i+1}) -> act -> HyperDropout) per hidden width -> Linear(d_last, C)."""
     if not all(_is_pos_int(h) for h in hidden):
         raise ConfigError(f"hidden: got {hidden!r}; use a tuple of positive ints, e.g. (512, 256)")
     widths = (math.prod(input_shape), *hidden)
     layers: list[nn.Module] = [nn.Flatten()]
     for d_in, d_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(d_in, d_out), act(), UnitGate((d_out,))]
+        layers += [nn.Linear(d_in, d_out), act(), HyperDropout((d_out,))]
     layers.append(nn.Linear(widths[-1], num_classes))
     return nn.Sequential(*layers)
 

@@ -16,18 +16,19 @@ from typing import Any
 
 from hybrid_hpo.config import RunConfig
 
-_COLUMNS = (  # (metrics key, header, format)
-    ("epoch", "epoch", "{:>5d}"),
-    ("train_loss", "train_loss", "{:>10.4f}"),
-    ("train_acc", "train_acc", "{:>9.4f}"),
-    ("val_loss", "val_loss", "{:>8.4f}"),
-    ("val_acc", "val_acc", "{:>7.4f}"),
-    ("test_loss", "test_loss", "{:>9.4f}"),
-    ("test_acc", "test_acc", "{:>8.4f}"),
+_DIAGNOSTICS = (  # (metrics key, header, format) after the split metrics
     ("hypergrad_norm", "|hypergrad|", "{:>11.3e}"),
     ("solver_residual", "residual", "{:>8.3f}"),
     ("epoch_time_s", "time_s", "{:>6.2f}"),
 )
+
+
+def table_columns(metric_names: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(key, header, format) per column: epoch, the task's split metrics (``train_loss``,
+    ``train_acc``, ..., without the balanced accuracies), then the hypergradient diagnostics."""
+    shown = [name for name in metric_names if not name.endswith("_balanced_acc")]
+    return [("epoch", "epoch", "{:>5d}"), *((name, name, "{:>%d.4f}" % max(len(name), 8)) for name in shown),
+            *_DIAGNOSTICS]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -64,14 +65,14 @@ def _default_text(value: Any) -> str:
     return str(value)
 
 
-def format_header() -> str:
-    widths = [len(fmt.format(0 if key == "epoch" else 0.0)) for key, _, fmt in _COLUMNS]
-    return "  ".join(f"{header:>{max(w, len(header))}}" for (_, header, _), w in zip(_COLUMNS, widths))
+def format_header(columns: list[tuple[str, str, str]]) -> str:
+    widths = [len(fmt.format(0 if key == "epoch" else 0.0)) for key, _, fmt in columns]
+    return "  ".join(f"{header:>{max(w, len(header))}}" for (_, header, _), w in zip(columns, widths))
 
 
-def format_row(metrics: dict[str, float]) -> str:
+def format_row(columns: list[tuple[str, str, str]], metrics: dict[str, float]) -> str:
     cells = []
-    for key, header, fmt in _COLUMNS:
+    for key, header, fmt in columns:
         cell = fmt.format(metrics[key])
         cells.append(f"{cell:>{max(len(cell), len(header))}}")
     return "  ".join(cells)
@@ -91,14 +92,16 @@ def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     config = RunConfig.from_mapping(values)
     trainer = BilevelTrainer(config)
+    columns = table_columns(trainer.metric_names())
     if not args.quiet:
-        print(f"hybrid-hpo run: {config.model} on {config.dataset} ({len(trainer.data.train)} train / "
-              f"{len(trainer.data.val)} val / {len(trainer.data.test)} test), {trainer.family.num_hparams} "
-              f"hyperparameters ({config.family}, {config.granularity}), solver {config.solver}, "
-              f"device {trainer.device}")
-        print(format_header())
-    history = trainer.fit(progress=not args.quiet,
-                          on_epoch=None if args.quiet else lambda m: tqdm.write(format_row(m), file=sys.stdout))
+        data = trainer.data
+        test = f" / {len(data.test)} test" if data.test is not None else ", no test set"
+        print(f"hybrid-hpo run: {type(trainer.model).__name__} on {data.name} ({len(data.train)} train / "
+              f"{len(data.val)} val{test}), {trainer.family.num_hparams} hyperparameters ({config.family}, "
+              f"{config.granularity}), solver {config.solver}, device {trainer.device}")
+        print(format_header(columns))
+    history = trainer.fit(progress=not args.quiet, on_epoch=None if args.quiet else
+                          lambda m: tqdm.write(format_row(columns, m), file=sys.stdout))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump([_json_ready(m) for m in history], handle, indent=1)
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"picture: {path}")
     final = history[-1]
     rejected = sum(m["rejected_hyper_steps"] for m in history)
-    print(f"final: test_loss {final['test_loss']:.4f}  test_acc {final['test_acc']:.4f}  "
-          f"(val_loss {history[0]['val_loss']:.4f} -> {final['val_loss']:.4f} over {len(history)} epochs; "
-          f"{rejected} rejected hyper steps)")
+    reported = [key for key, _, _ in table_columns(trainer.metric_names()) if key.startswith("test_")] or ["val_loss"]
+    shown = "  ".join(f"{name} {final[name]:.4f}" for name in reported)
+    print(f"final: {shown}  (val_loss {history[0]['val_loss']:.4f} -> {final['val_loss']:.4f} over "
+          f"{len(history)} epochs; {rejected} rejected hyper steps)")
     return 0

@@ -72,7 +72,7 @@ def test_augmenter_starts_as_identity_and_keeps_shapes():
 
 def test_flat_inputs_are_rejected():
     params = dict(build_model("logreg", input_shape=(64,), num_classes=10).named_parameters())
-    with pytest.raises(ConfigError, match="dataset"):
+    with pytest.raises(ConfigError, match="family: augment needs task inputs shaped"):
         Augment(params, input_shape=(64,))
     with pytest.raises(ConfigError, match="augment_shift"):
         FixedAugment(input_shape=(1, 8, 8), shift=-1)
@@ -123,27 +123,22 @@ SMALL = dict(model="mlp", hidden=[32], batch_size=64, inner_steps=3, device="cpu
              fixed_decay=1e-4, augment_width=4, epochs=2)
 
 
-@pytest.fixture(scope="module")
-def few_digits():
-    return load_dataset("digits", val_fraction=0.5, seed=0, train_size=256, val_size=256)
-
-
-def trainer(data, **overrides):
+def trainer(**overrides):
     from hybrid_hpo.bilevel import BilevelTrainer
     from hybrid_hpo.config import RunConfig
 
-    return BilevelTrainer(RunConfig.from_mapping({**SMALL, **overrides}), data=data)
+    return BilevelTrainer(RunConfig.from_mapping({**SMALL, "train_size": 256, "val_size": 256, **overrides}))
 
 
-def test_learned_augmentation_trains_end_to_end_and_restores_exactly(few_digits, tmp_path):
-    run = trainer(few_digits, family="augment", hyper_lr=0.01)
+def test_learned_augmentation_trains_end_to_end_and_restores_exactly(tmp_path):
+    run = trainer(family="augment", hyper_lr=0.01)
     assert run.family.num_hparams == (2 * 4 * 9 + 4) + (4 * 8 * 9 + 8) + (12 * 4 * 9 + 4) + (4 + 1)
     first = run.train_epoch()
     assert first["hyper_steps"] > 0 and first["rejected_hyper_steps"] == 0
     assert first["augment_out_norm"] > 0  # λ left the identity
     state = run.state_dict()
     continued = run.train_epoch()
-    restored = trainer(few_digits, family="augment", hyper_lr=0.01)
+    restored = trainer(family="augment", hyper_lr=0.01)
     restored.load_state_dict(state)
     again = restored.train_epoch()
     for key in ("train_loss", "val_loss", "test_acc", "augment_lambda_norm"):
@@ -152,14 +147,14 @@ def test_learned_augmentation_trains_end_to_end_and_restores_exactly(few_digits,
     assert picture.name == "augmentation_samples.png" and picture.stat().st_size > 1000
 
 
-def test_fixed_augment_has_no_lambda_and_takes_no_hyper_steps(few_digits):
-    run = trainer(few_digits, family="fixed_augment", augment_shift=1, epochs=4)
+def test_fixed_augment_has_no_lambda_and_takes_no_hyper_steps():
+    run = trainer(family="fixed_augment", augment_shift=1, epochs=4)
     metrics = run.fit(progress=False)
     assert run.family.num_hparams == 0 and run.hyper_optimizer is None
     assert all(m["hyper_steps"] == 0 for m in metrics)
     assert math.isnan(metrics[-1]["hypergrad_norm"])
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] - 0.05  # the weights still train
-    plain = trainer(few_digits, family="fixed_augment", augment_shift=0, epochs=4).fit(progress=False)
+    plain = trainer(family="fixed_augment", augment_shift=0, epochs=4).fit(progress=False)
     assert plain[-1]["train_loss"] < metrics[-1]["train_loss"] - 0.1  # shifted inputs are harder to fit
 
 

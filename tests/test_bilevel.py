@@ -9,18 +9,12 @@ import torch
 import hybrid_hpo.bilevel as bilevel
 from hybrid_hpo.bilevel import BilevelTrainer, resolve_device
 from hybrid_hpo.config import RunConfig
-from hybrid_hpo.data import load_dataset
 
 SMALL = dict(hidden=[64], batch_size=64, inner_steps=3, device="cpu", terms=3)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", val_fraction=0.5, seed=0)
-
-
-def make(digits, **overrides):
-    return BilevelTrainer(RunConfig.from_mapping({**SMALL, **overrides}), data=digits)
+def make(**overrides):
+    return BilevelTrainer(RunConfig.from_mapping({**SMALL, **overrides}))
 
 
 def weights_and_lambdas(trainer):
@@ -32,23 +26,23 @@ def without_time(metrics):
     return {k: v for k, v in metrics.items() if k != "epoch_time_s"}
 
 
-def test_hypergradient_lowers_validation_loss(digits):
+def test_hypergradient_lowers_validation_loss():
     """Over-regularised start (decay 0.1 on every weight): tuning λ by hypergradient must beat the same
     run with a negligible hyper learning rate by a wide margin, and val loss must fall over the run."""
     run = dict(init_decay=0.1, epochs=5, inner_steps=2, hidden=[32])
-    tuned = make(digits, hyper_lr=0.1, **run).fit(progress=False)
-    fixed = make(digits, hyper_lr=1e-9, **run).fit(progress=False)
+    tuned = make(hyper_lr=0.1, **run).fit(progress=False)
+    fixed = make(hyper_lr=1e-9, **run).fit(progress=False)
     assert tuned[-1]["val_loss"] < tuned[0]["val_loss"] - 1.0
     assert tuned[-1]["val_loss"] < fixed[-1]["val_loss"] - 0.4
     assert tuned[-1]["val_acc"] > fixed[-1]["val_acc"]
     assert fixed[-1]["decay_mean"] == pytest.approx(0.1, rel=1e-4)
 
 
-def test_hyper_steps_change_lambda_and_metrics_are_complete(digits):
-    trainer = make(digits, epochs=1)
+def test_hyper_steps_change_lambda_and_metrics_are_complete():
+    trainer = make(epochs=1)
     before = {k: t.detach().clone() for k, t in trainer.family.hparams().items()}
     metrics = trainer.train_epoch()
-    steps = math.ceil(len(digits.train) / 64)
+    steps = math.ceil(len(trainer.data.train) / 64)
     assert metrics["hyper_steps"] == steps // 3 > 0
     assert metrics["rejected_hyper_steps"] == 0
     assert metrics["num_hparams"] == 64 * 64 + 64 * 10
@@ -62,7 +56,7 @@ def test_hyper_steps_change_lambda_and_metrics_are_complete(digits):
     assert metrics["decay_min"] < 1e-3 < metrics["decay_max"]
 
 
-def test_non_finite_hypergradient_is_rejected(digits, monkeypatch, caplog):
+def test_non_finite_hypergradient_is_rejected(monkeypatch, caplog):
     real = bilevel.hypergradient
 
     def poisoned(*args, **kwargs):
@@ -71,7 +65,7 @@ def test_non_finite_hypergradient_is_rejected(digits, monkeypatch, caplog):
                 dataclasses.replace(info, finite=False))
 
     monkeypatch.setattr(bilevel, "hypergradient", poisoned)
-    trainer = make(digits, epochs=1)
+    trainer = make(epochs=1)
     lambdas = {k: t.detach().clone() for k, t in trainer.family.hparams().items()}
     first_weight = next(trainer.model.parameters()).detach().clone()
     metrics = trainer.train_epoch()
@@ -85,7 +79,7 @@ def test_non_finite_hypergradient_is_rejected(digits, monkeypatch, caplog):
     assert "rejected" in caplog.text
 
 
-def test_diverged_but_finite_steps_are_applied_and_counted(digits, monkeypatch):
+def test_diverged_but_finite_steps_are_applied_and_counted(monkeypatch):
     real = bilevel.hypergradient
 
     def diverged(*args, **kwargs):
@@ -93,7 +87,7 @@ def test_diverged_but_finite_steps_are_applied_and_counted(digits, monkeypatch):
         return grads, dataclasses.replace(info, diverged=True)
 
     monkeypatch.setattr(bilevel, "hypergradient", diverged)
-    trainer = make(digits, epochs=1)
+    trainer = make(epochs=1)
     lambdas = {k: t.detach().clone() for k, t in trainer.family.hparams().items()}
     metrics = trainer.train_epoch()
     assert metrics["solver_diverged_steps"] == metrics["hyper_steps"] > 0
@@ -101,16 +95,16 @@ def test_diverged_but_finite_steps_are_applied_and_counted(digits, monkeypatch):
     assert any(not torch.equal(t, lambdas[k]) for k, t in trainer.family.hparams().items())
 
 
-def test_state_dict_restore_continues_bit_for_bit(digits):
+def test_state_dict_restore_continues_bit_for_bit():
     config = dict(epochs=3, inner_steps=4)  # 12 steps per epoch: hyper steps straddle epochs
-    original = make(digits, **config)
+    original = make(**config)
     original.train_epoch()
     buffer = io.BytesIO()
     torch.save(original.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
 
-    restored = make(digits, **config)
+    restored = make(**config)
     assert not torch.equal(weights_and_lambdas(restored)[-1], weights_and_lambdas(original)[-1])
     restored.load_state_dict(state)
     assert restored.epoch == 1
@@ -122,10 +116,10 @@ def test_state_dict_restore_continues_bit_for_bit(digits):
         assert torch.equal(a, b)
 
 
-def test_same_seed_same_metrics_other_seed_differs(digits):
-    first = [without_time(m) for m in make(digits, epochs=1).fit(progress=False)]
-    second = [without_time(m) for m in make(digits, epochs=1).fit(progress=False)]
-    other = [without_time(m) for m in make(digits, epochs=1, seed=1).fit(progress=False)]
+def test_same_seed_same_metrics_other_seed_differs():
+    first = [without_time(m) for m in make(epochs=1).fit(progress=False)]
+    second = [without_time(m) for m in make(epochs=1).fit(progress=False)]
+    other = [without_time(m) for m in make(epochs=1, seed=1).fit(progress=False)]
     assert first == second
     assert first != other
 

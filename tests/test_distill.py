@@ -92,16 +92,16 @@ def test_render_writes_the_grid(tmp_path):
     assert wide[1] > wide[0] and tall[0] > tall[1]  # 1 x 10 grid vs 10 rows x 4 columns
 
 
-def test_bilevel_distillation_lowers_real_validation_loss(digits, tmp_path):
+def test_bilevel_distillation_lowers_real_validation_loss(tmp_path):
     """Hypergradient steps on the pixels must beat the same run with a negligible hyper learning rate."""
     from hybrid_hpo.bilevel import BilevelTrainer
     from hybrid_hpo.config import RunConfig
 
     settings = dict(family="distill", model="logreg", distill_per_class=1, fixed_decay=1e-3, solver="cg",
                     terms=20, inner_lr=0.1, inner_steps=2, batch_size=128, epochs=6, device="cpu")
-    tuned = BilevelTrainer(RunConfig.from_mapping({**settings, "hyper_lr": 0.05}), data=digits)
+    tuned = BilevelTrainer(RunConfig.from_mapping({**settings, "hyper_lr": 0.05}))
     history = tuned.fit(progress=False)
-    fixed = BilevelTrainer(RunConfig.from_mapping({**settings, "hyper_lr": 1e-9}), data=digits).fit(progress=False)
+    fixed = BilevelTrainer(RunConfig.from_mapping({**settings, "hyper_lr": 1e-9})).fit(progress=False)
     assert tuned.family.num_hparams == 10 * 64
     assert history[-1]["val_loss"] < history[0]["val_loss"] - 0.5
     assert history[-1]["val_loss"] < fixed[-1]["val_loss"] - 0.5

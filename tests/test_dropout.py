@@ -12,7 +12,8 @@ from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.base import GENERATOR_KEY
 from hybrid_hpo.hyper.dropout import PICTURE, UnitDropout
 from hybrid_hpo.implicit import Exact, hypergradient
-from hybrid_hpo.models import build_model, dropout_sites
+from hybrid_hpo.models import build_model
+from hybrid_hpo.nn import dropout_sites
 
 
 def _family(name, input_shape, hidden, classes, init=0.2, dtype=torch.float32, seed=0):
@@ -21,7 +22,7 @@ def _family(name, input_shape, hidden, classes, init=0.2, dtype=torch.float32, s
     model = model.to(dtype)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     buffers = {k: v.to(dtype) for k, v in model.named_buffers()}
-    sites = dropout_sites(name, input_shape=input_shape, hidden=hidden)
+    sites = dropout_sites(model)
     family = UnitDropout(sites, like=next(iter(params.values())), init_dropout=init, seed=seed)
     fn = lambda p, x: torch.func.functional_call(model, {**buffers, **p}, (x,))  # noqa: E731
     return model, params, family, fn

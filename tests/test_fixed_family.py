@@ -9,9 +9,10 @@ from hybrid_hpo.config import RunConfig
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.augment import l2_penalty
 from hybrid_hpo.hyper.fixed import FixedRegularization
-from hybrid_hpo.models import build_model, dropout_sites
+from hybrid_hpo.models import build_model
+from hybrid_hpo.nn import dropout_sites
 
-SITES = dropout_sites("mlp", input_shape=(1, 8, 8), hidden=(32, 16))
+SITES = dropout_sites(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(32, 16)))
 
 
 def test_masks_drop_at_the_rate_and_keep_the_mean():
@@ -58,7 +59,7 @@ def test_bilevel_run_takes_no_hyper_steps_and_restores_bit_for_bit():
 
 @pytest.mark.parametrize("settings, field", [
     ({"family": "fixed", "fixed_dropout": 1.0}, "fixed_dropout must be a rate in [0, 1)"),
-    ({"family": "fixed", "fixed_dropout": 0.2, "model": "logreg"}, "fixed_dropout: model 'logreg' has no dropout"),
+    ({"family": "fixed", "fixed_dropout": 0.2, "model": "logreg"}, "fixed_dropout: the fixed family needs dropout sites, which 'logreg' has not"),
     ({"family": "fixed", "fixed_decay": -1.0}, "fixed_decay must be >= 0"),
 ])
 def test_bad_settings_name_the_field(settings, field):

@@ -27,8 +27,8 @@ from typing import Any
 
 from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec
 
-RECORD_KEYS: tuple[str, ...] = ("val_loss", "val_acc", "val_balanced_acc", "test_loss", "test_acc",
-                                "test_balanced_acc", "train_loss", "train_acc")
+SPLIT_PREFIXES: tuple[str, ...] = ("train_", "val_", "test_")
+"""A record keeps every reported metric of a split (loss, the task's metrics, balanced accuracy)."""
 
 
 @dataclass
@@ -118,7 +118,8 @@ def run_single(spec: CompareSpec, seed: int) -> StrategyRun:
 
 def _record(result: dict[str, Any], trial: str, t: float) -> dict[str, Any]:
     record = {"t": float(t), "trial": str(trial), "epoch": int(result.get("epoch", result.get("training_iteration", 0)))}
-    record.update({key: float(result[key]) for key in RECORD_KEYS if key in result})
+    record.update({key: float(value) for key, value in result.items()
+                   if key.startswith(SPLIT_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool)})
     return record
 
 

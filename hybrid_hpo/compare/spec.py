@@ -4,10 +4,12 @@ Layout (see searches/compare_digits_few.yaml)::
 
     name: compare-digits-few
     task: {dataset: digits, train_size: 100, val_size: 200, model: mlp, hidden: [512, 256]}
+                                  # or {factory: "my_tasks.py:make_task"}: your own Task
     seeds: [0, 1, 2]              # one replicate per seed: data split, init and sampler seed
     budget_s: 120                 # wall-clock seconds per strategy and seed
     metric: val_loss              # how every strategy selects its model (validation only)
-    report: test_acc              # the test metric of the table
+    mode: min                     # needed only for a task's own metric (val_<name>)
+    report: test_acc              # the test metric of the table (test_<name> for a task's own metric)
     max_concurrent: 2
     strategies:
       bo_only:       {settings: {family: fixed, epochs: 60}, search: {inner_lr: ..., fixed_decay: ...}}
@@ -27,18 +29,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybrid_hpo.config import RunConfig, field_names
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import Distribution
-from hybrid_hpo.tune.spec import (OBJECTIVES, Resources, SweepSpec, check_known_key, first_error,
-                                  read_spec_file, validate_spec)
+from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Resources, SweepSpec, check_known_key, first_error,
+                                  read_spec_file, setting_name, task_settings, validate_spec)
 
 STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
 SEARCHED: tuple[str, ...] = ("bo_only", "hybrid")
-SPLIT_KEYS: tuple[str, ...] = ("dataset", "data_root", "download", "val_fraction", "train_size", "val_size",
-                               "imbalance", "seed")
+SPLIT_KEYS: tuple[str, ...] = ("task", "dataset", "data_root", "download", "val_fraction", "train_size",
+                               "val_size", "imbalance", "seed")
 """Settings that decide the examples of each split: only ``task`` sets them (``seed`` comes from ``seeds``)."""
 
 
@@ -64,7 +66,8 @@ class CompareSpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget_s: float = Field(gt=0)
     metric: str = "val_loss"
-    report: Literal["test_acc", "test_balanced_acc", "test_loss"] = "test_acc"
+    mode: Literal["min", "max"] | None = None
+    report: str = Field(default="test_acc", pattern=r"^test_[a-z][a-z0-9_]*$")
     max_concurrent: int = Field(default=2, ge=1)
     resources: Resources = Field(default_factory=Resources)
     strategies: dict[Literal["bo_only", "ift_defaults", "hybrid"], Strategy]
@@ -72,9 +75,20 @@ class CompareSpec(BaseModel):
     @field_validator("metric")
     @classmethod
     def _validation_metric(cls, value: str) -> str:
-        if value not in OBJECTIVES or not value.startswith("val_"):
-            raise ValueError(f"{value!r} cannot select models; use val_loss or val_acc")
+        if not value.startswith("val_") or not (value in OBJECTIVES or TASK_METRIC.fullmatch(value)):
+            raise ValueError(f"{value!r} cannot select models; use val_loss, val_acc or val_<name> of your task")
         return value
+
+    @model_validator(mode="after")
+    def _direction(self) -> "CompareSpec":
+        known = OBJECTIVES.get(self.metric)
+        if known is None and self.mode is None:
+            raise ValueError(f"mode: {self.metric} is your task's metric; say whether to minimise or maximise it "
+                             "(mode: min or mode: max)")
+        if known is not None and self.mode not in (None, known):
+            raise ValueError(f"mode: {self.mode} of {self.metric} looks inverted; use mode: {known}")
+        self.mode = self.mode or known
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -91,13 +105,9 @@ class CompareSpec(BaseModel):
             raise ValueError(f"{missing[0]} is missing; give all of {', '.join(STRATEGIES)}")
         return value
 
-    @property
-    def mode(self) -> str:
-        return OBJECTIVES[self.metric]
-
     def run_settings(self, strategy: str, seed: int) -> dict[str, Any]:
         """The fixed RunConfig mapping of ``strategy`` for the replicate ``seed``."""
-        return {**self.task, **self.strategies[strategy].settings, "seed": seed}
+        return {**task_settings(self.task), **self.strategies[strategy].settings, "seed": seed}
 
     def sweep_spec(self, strategy: str, seed: int, max_trials: int = 100_000) -> SweepSpec:
         """The Ray Tune + Optuna sweep of a searched strategy for one seed, stopped by ``budget_s``."""
@@ -129,7 +139,7 @@ def validate_compare_spec(raw: dict[str, Any], source: str = "compare", default_
     spec.name = spec.name or default_name.replace("_", "-")
     names = field_names()
     for key in spec.task:
-        check_known_key(f"task.{key}", key, names, source)
+        check_known_key(f"task.{key}", setting_name("task", key), names, source)
         if key == "seed":
             raise ConfigError(f"{source}: task.seed: the replicates' seeds come from seeds; remove task.seed")
     for strategy, chosen in spec.strategies.items():

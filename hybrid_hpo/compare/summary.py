@@ -75,7 +75,7 @@ def summary_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[dict[st
 
 def markdown_table(rows: Sequence[dict[str, Any]], spec: CompareSpec) -> str:
     """The table of :func:`summary_rows` in Markdown (accuracies in %)."""
-    percent = spec.report != "test_loss"
+    percent = spec.report.endswith("acc")
     scale, digits = (100.0, 1) if percent else (1.0, 3)
     val_scale, val_digits = (100.0, 1) if spec.metric != "val_loss" else (1.0, 3)
     unit = " %" if percent else ""

@@ -11,8 +11,10 @@ stride-2 conv, ``upsample`` is nearest-neighbour back to the input size; ``out``
 initialised to zero, so U_λ starts as the identity). The classifier trains on augmented inputs,
 validation does not augment:
 
-    L_T(w, λ) = mean_b CE(f(U_λ(x_b, ε_b); w), y_b) + 1/2 · c · ||w||²
-    L_V(w)    = mean_b CE(f(x_b; w), y_b)
+    L_T(w, λ) = mean_b ℓ(f(U_λ(x_b, ε_b); w), y_b) + 1/2 · c · ||w||²
+    L_V(w)    = mean_b ℓ(f(x_b; w), y_b)
+
+(ℓ the task's per-example loss, cross-entropy by default)
 
 with c = ``fixed_decay`` (a fixed L2 on every weight and bias, which keeps the inner problem well
 posed; 0 disables it). λ reaches L_V only through w*(λ), so its hypergradient is the IFT's mixed
@@ -25,7 +27,8 @@ axis with probability 1/2. ``augment_shift=0`` and no flip is plain training. Di
 mirror-invariant (a mirrored 2, 3, 4, 7 or 9 is not that digit), so the digits baseline uses
 shifts only.
 
-Inputs: (B, C, H, W) images or (B, C, L) signals (Conv2d / Conv1d accordingly).
+Inputs: (B, C, H, W) images or (B, C, L) signals (Conv2d / Conv1d accordingly), of any task;
+other inputs (flat feature vectors, token windows) are refused with one line.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
-    from hybrid_hpo.data import DataSplits
+    from hybrid_hpo.splits import DataSplits
+    from hybrid_hpo.task.task import ExampleLoss
 
 GENERATOR_SEED_OFFSET = 7919
 """The family generator is seeded with ``config.seed + GENERATOR_SEED_OFFSET`` (a stream distinct
@@ -55,10 +59,10 @@ def l2_penalty(params: Mapping[str, Tensor], decay: float) -> Tensor:
     return 0.5 * decay * torch.stack([p.square().sum() for p in params.values()]).sum()
 
 
-def _spatial_dims(input_shape: tuple[int, ...], family: str) -> int:
+def spatial_dims(input_shape: tuple[int, ...], family: str) -> int:
     if len(input_shape) not in (2, 3):
-        raise ConfigError(f"dataset: the {family} family needs inputs shaped (channels, H, W) or (channels, L), "
-                          f"got {input_shape}; use an image or signal dataset such as digits or mnist1d")
+        raise ConfigError(f"family: {family} needs task inputs shaped (channels, H, W) or (channels, L), "
+                          f"got {input_shape}; use an image or signal task such as digits or mnist1d")
     return len(input_shape) - 1
 
 
@@ -97,14 +101,15 @@ class Augment(HyperFamily):
         width: feature channels of the augmenter.
         fixed_decay: c of the fixed L2 term in L_T (>= 0).
         seed: seed of the noise generator.
+        loss: the task's per-example loss (default: cross-entropy).
     """
 
     name = "augment"
 
     def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], width: int = 8,
-                 fixed_decay: float = 0.0, seed: int = 0) -> None:
-        super().__init__()
-        spatial = _spatial_dims(tuple(input_shape), self.name)
+                 fixed_decay: float = 0.0, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+        super().__init__(loss)
+        spatial = spatial_dims(tuple(input_shape), self.name)
         if width < 1:
             raise ConfigError(f"augment_width must be an integer >= 1 (got {width!r})")
         if not fixed_decay >= 0:
@@ -119,7 +124,7 @@ class Augment(HyperFamily):
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> Augment:
         return cls(context.params, input_shape=context.input_shape, width=config.augment_width,
-                   fixed_decay=config.fixed_decay, seed=config.seed)
+                   fixed_decay=config.fixed_decay, seed=config.seed, loss=context.loss)
 
     def augment(self, hparams: Mapping[str, Tensor], x: Tensor, noise: Tensor) -> Tensor:
         """U_λ(x, ε) with λ = ``hparams``: the augmented inputs, shaped like x."""
@@ -134,7 +139,7 @@ class Augment(HyperFamily):
                    batch: Batch) -> Tensor:
         x, y, _ = batch
         augmented = self.augment(hparams, x, self.draw_noise(x))
-        loss = F.cross_entropy(model_fn(params, augmented), y)
+        loss = self.data_loss(model_fn(params, augmented), y)
         return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
@@ -152,13 +157,14 @@ class Augment(HyperFamily):
         """``augmentation_samples.png``: per class (up to 10), a validation original, ``samples``
         augmentations U_λ(x, ε) and their per-pixel standard deviation (over 32 draws). Noise comes
         from a generator seeded 0, never the training stream. Needs ``data``; otherwise no picture."""
-        if data is None or len(data.input_shape) != 3:
+        if data is None or len(data.input_shape) != 3 or data.num_classes is None:
             return []
         from hybrid_hpo.pictures import new_figure, save_figure, tight_layout
 
         split = data.val if len(data.val) else data.train
-        picks = [int(torch.nonzero(split.y == c)[0]) for c in range(data.num_classes) if (split.y == c).any()][:10]
-        x = split.x[picks].to(self.net.out.weight.dtype)
+        labels = split.targets()
+        picks = [int(torch.nonzero(labels == c)[0]) for c in range(data.num_classes) if (labels == c).any()][:10]
+        x = split.fetch(torch.tensor(picks))[0].to(self.net.out.weight.dtype)
         generator = torch.Generator().manual_seed(0)
         hparams = {name: t.detach() for name, t in self.hparams().items()}
         draws = torch.stack([self.augment(hparams, x, self.draw_noise(x, generator)) for _ in range(32)])
@@ -180,7 +186,7 @@ class Augment(HyperFamily):
                 if row == 0:
                     ax.set_title("original" if column == 0 else "std" if column == samples + 1 else f"sample {column}",
                                  fontsize=7)
-            axes[row, 0].set_ylabel(f"y={int(split.y[picks[row]])}", fontsize=7)
+            axes[row, 0].set_ylabel(f"y={int(labels[picks[row]])}", fontsize=7)
         figure.suptitle(f"learned augmentation U_λ(x, ε): std max {float(std.max()):.3f}", fontsize=9)
         tight_layout(figure, 0.35)
         return [save_figure(figure, Path(directory) / SAMPLES_FILE)]
@@ -216,9 +222,9 @@ class FixedAugment(HyperFamily):
     tunable = False
 
     def __init__(self, *, input_shape: tuple[int, ...], shift: int = 1, flip: bool = False,
-                 fixed_decay: float = 0.0, seed: int = 0) -> None:
-        super().__init__()
-        _spatial_dims(tuple(input_shape), self.name)
+                 fixed_decay: float = 0.0, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+        super().__init__(loss)
+        spatial_dims(tuple(input_shape), self.name)
         if shift < 0:
             raise ConfigError(f"augment_shift must be an integer >= 0 (got {shift!r}); 0 = no shifts")
         if not fixed_decay >= 0:
@@ -229,12 +235,12 @@ class FixedAugment(HyperFamily):
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> FixedAugment:
         return cls(input_shape=context.input_shape, shift=config.augment_shift, flip=config.augment_flip,
-                   fixed_decay=config.fixed_decay, seed=config.seed)
+                   fixed_decay=config.fixed_decay, seed=config.seed, loss=context.loss)
 
     def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                    batch: Batch) -> Tensor:
         x, y, _ = batch
-        loss = F.cross_entropy(model_fn(params, random_shift_flip(x, self.shift, self.flip, self.generator)), y)
+        loss = self.data_loss(model_fn(params, random_shift_flip(x, self.shift, self.flip, self.generator)), y)
         return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:

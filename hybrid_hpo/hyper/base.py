@@ -11,14 +11,20 @@ The loss methods are pure functions of their arguments, so the same code serves 
 steps (live parameters, detached λ) and the hypergradient (detached copies of both, re-attached by
 :func:`hybrid_hpo.implicit.hypergradient`):
 
-    model_fn(params, x) -> logits   # torch.func.functional_call(model, params, (x,))
-    batch = (x, y, index)           # x (B, *input_shape), y (B,) int64, index (B,) int64 positions
-                                    # of the examples in their split (per-example families use it)
+    model_fn(params, x) -> outputs  # torch.func.functional_call(model, params, (x,)); logits for
+                                    # classification
+    batch = (x, y, index)           # x (B, *input_shape), y (B, ...) targets, index (B,) int64
+                                    # positions of the examples in their split (per-example families)
+
+The data term of both losses is the task's per-example loss (:attr:`HyperFamily.example_loss`,
+cross-entropy by default; any ``(output, target) -> (B,)`` of a user's Task), averaged by
+:meth:`HyperFamily.data_loss` (or weighted, by ``reweight``), so every family works on every task
+whose inputs it can handle.
 
 How later families fit: learned augmentation (λ = weights of a network transforming x inside
 ``train_loss``), dataset distillation (λ = synthetic images; ``train_loss`` ignores the real batch),
 per-example loss weights (λ of shape (num_train,), gathered with ``batch[2]``), per-unit dropout
-(λ = keep logits; ``predict`` and ``train_loss`` change the forward pass).
+(λ = drop-rate logits; ``predict`` and ``train_loss`` change the forward pass).
 
 Randomness inside a loss (augmentation noise, dropout masks) comes from the family's own CPU
 ``torch.Generator`` (:meth:`HyperFamily._seed_generator`), whose state is part of
@@ -34,14 +40,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.task.task import ExampleLoss, cross_entropy
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
-    from hybrid_hpo.data import DataSplits
+    from hybrid_hpo.splits import DataSplits
 
 ModelFn = Callable[[Mapping[str, Tensor], Tensor], Tensor]
 Batch = tuple[Tensor, Tensor, Tensor]
@@ -57,13 +63,17 @@ class FamilyContext:
     params:      the model's named parameters (shapes, dtype and device of the weights).
     num_train:   training-split size (per-example families have one λ per example).
     input_shape: shape of one input x, e.g. (1, 8, 8).
-    num_classes: number of classes C of the logits.
+    num_classes: number of classes C of the logits; None for a task that is not classification.
+    model:       the model (families find its :class:`hybrid_hpo.nn.HyperDropout` sites in it).
+    loss:        the task's per-example loss (output, target) -> (B,).
     """
 
     params: Mapping[str, Tensor]
     num_train: int
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int | None
+    model: nn.Module | None = None
+    loss: ExampleLoss = cross_entropy
 
 
 class HyperFamily(ABC):
@@ -77,9 +87,15 @@ class HyperFamily(ABC):
     tunable: ClassVar[bool] = True
     """False for baselines without λ (the bilevel loop takes no hyper steps with them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loss: ExampleLoss | None = None) -> None:
         self._raw: dict[str, Tensor] = {}
         self.generator: torch.Generator | None = None
+        self.example_loss: ExampleLoss = cross_entropy if loss is None else loss
+        """The task's per-example loss (output, target) -> (B,)."""
+
+    def data_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """mean_b example_loss(output, target)_b: the unweighted data term of L_T and L_V (a scalar)."""
+        return self.example_loss(output, target).mean()
 
     def _register(self, name: str, value: Tensor) -> None:
         """Keep ``value`` as the raw leaf λ tensor ``name`` (a detached copy that requires grad)."""
@@ -115,7 +131,8 @@ class HyperFamily(ABC):
     # ---------------------------------------------------------------------------------- losses
     def predict(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                 x: Tensor) -> Tensor:
-        """Logits (B, C) for inputs x (B, *input_shape); default: the model unchanged."""
+        """Outputs (logits (B, C) for classification) for inputs x (B, *input_shape); default: the
+        model unchanged."""
         return model_fn(params, x)
 
     @abstractmethod
@@ -125,10 +142,10 @@ class HyperFamily(ABC):
 
     def val_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                  batch: Batch) -> Tensor:
-        """L_V on a validation batch; default: mean cross-entropy of :meth:`predict` (λ enters only
+        """L_V on a validation batch; default: the mean task loss of :meth:`predict` (λ enters only
         through the weights)."""
         x, y, _ = batch
-        return F.cross_entropy(self.predict(model_fn, params, hparams, x), y)
+        return self.data_loss(self.predict(model_fn, params, hparams, x), y)
 
     # ------------------------------------------------------------------------- metrics and state
     @abstractmethod

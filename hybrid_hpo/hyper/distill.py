@@ -5,8 +5,12 @@ Duvenaud 2020, Sec. 5.) With n = ``distill_per_class`` and C classes, λ is one 
 ``images`` of shape (n·C, *input_shape) with fixed labels ``labels = [0]*n + [1]*n + ... `` The
 model trains only on them; the real training batch is ignored by L_T:
 
-    L_T(w, λ) = mean_j CE(f(images_j; w), labels_j) + 1/2 · c · ||w||²
-    L_V(w)    = mean_b CE(f(x_b; w), y_b)            on real validation data
+    L_T(w, λ) = mean_j ℓ(f(images_j; w), labels_j) + 1/2 · c · ||w||²
+    L_V(w)    = mean_b ℓ(f(x_b; w), y_b)            on real validation data
+
+with ℓ the task's per-example loss (cross-entropy by default). Distillation needs classes (the
+fixed labels): a task that is not classification is refused with one line, and so are inputs
+that are not images or signals (C, H, W) / (C, L) of floats.
 
 c = ``fixed_decay`` (a fixed L2 on every weight and bias). For the IFT the inner problem must be
 (approximately) solved: with ``model=logreg`` and c > 0 L_T is strongly convex in w, so w*(λ) is
@@ -31,12 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.augment import l2_penalty
+from hybrid_hpo.hyper.augment import l2_penalty, spatial_dims
 from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
-    from hybrid_hpo.data import DataSplits
+    from hybrid_hpo.splits import DataSplits
+    from hybrid_hpo.task.task import ExampleLoss
 
 INIT_PIXEL = 0.25
 INIT_NOISE = 0.1
@@ -52,6 +57,7 @@ class Distill(HyperFamily):
         num_classes: C.
         per_class: n, images per class (>= 1).
         fixed_decay: c of the fixed L2 term in L_T (>= 0).
+        loss: the task's per-example loss (default: cross-entropy).
 
     The initial pixels come from the global torch RNG (the trainer seeds it with ``config.seed``).
     """
@@ -59,8 +65,12 @@ class Distill(HyperFamily):
     name = "distill"
 
     def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], num_classes: int,
-                 per_class: int = 1, fixed_decay: float = 1e-3) -> None:
-        super().__init__()
+                 per_class: int = 1, fixed_decay: float = 1e-3, loss: ExampleLoss | None = None) -> None:
+        super().__init__(loss)
+        if num_classes is None:
+            raise ConfigError("family: distill learns images per class and needs a classification task; this task "
+                              "has no classes (give Task.num_classes, or use another family)")
+        spatial_dims(tuple(input_shape), self.name)
         if per_class < 1:
             raise ConfigError(f"distill_per_class must be an integer >= 1 (got {per_class!r})")
         if not fixed_decay >= 0:
@@ -74,12 +84,12 @@ class Distill(HyperFamily):
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> Distill:
         return cls(context.params, input_shape=context.input_shape, num_classes=context.num_classes,
-                   per_class=config.distill_per_class, fixed_decay=config.fixed_decay)
+                   per_class=config.distill_per_class, fixed_decay=config.fixed_decay, loss=context.loss)
 
     def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                    batch: Batch) -> Tensor:
         """L_T on the distilled set; ``batch`` (real data) is not used."""
-        loss = F.cross_entropy(model_fn(params, hparams["images"]), self.labels)
+        loss = self.data_loss(model_fn(params, hparams["images"]), self.labels)
         return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
 
     def images(self) -> tuple[Tensor, Tensor]:

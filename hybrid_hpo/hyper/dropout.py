@@ -1,8 +1,9 @@
 """Per-unit dropout rates, tuned through a continuous relaxation: Gaussian dropout.
 
-The model's dropout sites (:class:`hybrid_hpo.models.UnitGate`, listed by
-:func:`hybrid_hpo.models.dropout_sites`: after each hidden activation of ``mlp``; after the
-embedding and after the LSTM of ``lstm_lm``) multiply activations h by a scale. In training this
+The model's dropout sites (:class:`hybrid_hpo.nn.HyperDropout` modules, found by
+:func:`hybrid_hpo.nn.dropout_sites` in any model: after each hidden activation of the built-in
+``mlp``; after the embedding and after the LSTM of ``lstm_lm``; wherever a user put them in their
+own model) multiply activations h by a scale. In training this
 family sets, for unit u of a site,
 
     scale_u = 1 + σ_u · ε,   ε ~ N(0, 1),   σ_u² = p_u / (1 − p_u),   p_u = sigmoid(λ_u),
@@ -27,16 +28,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
-from hybrid_hpo.models import dropout_sites
+from hybrid_hpo.nn import dropout_sites
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
-    from hybrid_hpo.data import DataSplits
+    from hybrid_hpo.splits import DataSplits
+    from hybrid_hpo.task.task import ExampleLoss
+
+SITE_MODELS: tuple[str, ...] = ("mlp", "lstm_lm")
+"""The built-in models with dropout sites."""
+NO_SITES = ("{field}: the {family} family needs dropout sites, which {model} has not; use a built-in model "
+            "with sites (mlp, lstm_lm) or put hybrid_hpo.nn.HyperDropout(units) modules into your own model")
 
 PICTURE = "dropout_rates_by_layer.png"
 _SEED_OFFSET = 0x0D50  # the generator's seed is config.seed + this (independent of the loop's stream)
@@ -50,15 +56,16 @@ class UnitDropout(HyperFamily):
         like: a weight tensor giving λ's dtype and device.
         init_dropout: initial drop rate of every unit, in (0, 1).
         seed: seed of the noise generator.
+        loss: the task's per-example loss (default: cross-entropy).
     """
 
     name = "dropout"
 
     def __init__(self, sites: Mapping[str, tuple[int, ...]], *, like: Tensor, init_dropout: float = 0.1,
-                 seed: int = 0) -> None:
-        super().__init__()
+                 seed: int = 0, loss: ExampleLoss | None = None) -> None:
+        super().__init__(loss)
         if not sites:
-            raise ConfigError("model: dropout needs a model with dropout sites; use model mlp or lstm_lm")
+            raise ConfigError(NO_SITES.format(field="model", family=self.name, model="this model"))
         _check_rate(init_dropout)
         self.sites = {name: tuple(shape) for name, shape in sites.items()}
         logit = math.log(init_dropout / (1.0 - init_dropout))
@@ -68,16 +75,14 @@ class UnitDropout(HyperFamily):
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> UnitDropout:
-        sites = dropout_sites(config.model, input_shape=context.input_shape, hidden=config.hidden)
-        return cls(sites, like=next(iter(context.params.values())), init_dropout=config.init_dropout,
-                   seed=config.seed + _SEED_OFFSET)
+        return cls(dropout_sites(context.model), like=next(iter(context.params.values())),
+                   init_dropout=config.init_dropout, seed=config.seed + _SEED_OFFSET, loss=context.loss)
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
         _check_rate(config.init_dropout)
-        if config.model not in ("mlp", "lstm_lm"):
-            raise ConfigError(f"model: the dropout family needs dropout sites, which {config.model!r} has not; "
-                              "use model mlp or lstm_lm")
+        if config.task is None and config.model not in SITE_MODELS:
+            raise ConfigError(NO_SITES.format(field="model", family=cls.name, model=repr(config.model)))
 
     @staticmethod
     def rates(hparams: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -95,9 +100,9 @@ class UnitDropout(HyperFamily):
 
     def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                    batch: Batch) -> Tensor:
-        """Mean cross-entropy of the model with one fresh Gaussian-dropout draw at every site."""
+        """Mean task loss of the model with one fresh Gaussian-dropout draw at every site."""
         x, y, _ = batch
-        return F.cross_entropy(model_fn({**params, **self.scales(hparams, x.shape[0])}, x), y)
+        return self.data_loss(model_fn({**params, **self.scales(hparams, x.shape[0])}, x), y)
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         """dropout_mean / _min / _max over all units, and dropout_mean_<site> per site (site = the

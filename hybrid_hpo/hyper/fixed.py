@@ -1,9 +1,10 @@
 """``fixed``: plain training with a fixed L2 and fixed dropout, no λ (the BO-only baseline).
 
-    L_T(w) = mean_b CE(f_m(x_b; w), y_b) + 1/2 · c · ||w||²,   c = ``fixed_decay``
+    L_T(w) = mean_b ℓ(f_m(x_b; w), y_b) + 1/2 · c · ||w||²,   c = ``fixed_decay``
 
 where f_m is the model with (inverted) Bernoulli dropout of rate p = ``fixed_dropout`` at every
-dropout site (:func:`hybrid_hpo.models.dropout_sites`; after each hidden activation of ``mlp``):
+dropout site (:func:`hybrid_hpo.nn.dropout_sites`; after each hidden activation of ``mlp``), ℓ the
+task's per-example loss:
 unit u of example b is scaled by m_bu / (1 − p), m_bu ~ Bernoulli(1 − p), so evaluation needs no
 rescaling. Prediction and L_V use no dropout. The masks come from the family's seeded CPU
 generator (checkpointed), so runs are reproducible.
@@ -18,16 +19,17 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.augment import l2_penalty
 from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
-from hybrid_hpo.models import dropout_sites
+from hybrid_hpo.hyper.dropout import NO_SITES, SITE_MODELS
+from hybrid_hpo.nn import dropout_sites
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
+    from hybrid_hpo.task.task import ExampleLoss
 
 _SEED_OFFSET = 0xF1ED  # the mask generator's seed is config.seed + this
 
@@ -40,35 +42,34 @@ class FixedRegularization(HyperFamily):
         fixed_decay: c >= 0 of the L2 term.
         fixed_dropout: drop rate p in [0, 1); 0 disables dropout.
         seed: seed of the mask generator.
+        loss: the task's per-example loss (default: cross-entropy).
     """
 
     name = "fixed"
     tunable = False
 
     def __init__(self, sites: Mapping[str, tuple[int, ...]], *, fixed_decay: float = 0.0,
-                 fixed_dropout: float = 0.0, seed: int = 0) -> None:
-        super().__init__()
+                 fixed_dropout: float = 0.0, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+        super().__init__(loss)
         if not fixed_decay >= 0:
             raise ConfigError(f"fixed_decay must be >= 0 (got {fixed_decay!r}); e.g. 1e-3, or 0 for no L2")
         _check_dropout(fixed_dropout)
         if fixed_dropout > 0 and not sites:
-            raise ConfigError("fixed_dropout: this model has no dropout sites; use model mlp or lstm_lm, "
-                              "or fixed_dropout 0")
+            raise ConfigError(NO_SITES.format(field="fixed_dropout", family=self.name, model="this model") + ", or fixed_dropout 0")
         self.sites = {name: tuple(shape) for name, shape in sites.items()}
         self.fixed_decay, self.fixed_dropout = float(fixed_decay), float(fixed_dropout)
         self._seed_generator(seed + _SEED_OFFSET)
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> FixedRegularization:
-        sites = dropout_sites(config.model, input_shape=context.input_shape, hidden=config.hidden)
-        return cls(sites, fixed_decay=config.fixed_decay, fixed_dropout=config.fixed_dropout, seed=config.seed)
+        return cls(dropout_sites(context.model), fixed_decay=config.fixed_decay, fixed_dropout=config.fixed_dropout,
+                   seed=config.seed, loss=context.loss)
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
         _check_dropout(config.fixed_dropout)
-        if config.fixed_dropout > 0 and config.model not in ("mlp", "lstm_lm"):
-            raise ConfigError(f"fixed_dropout: model {config.model!r} has no dropout sites; use model mlp or "
-                              "lstm_lm, or fixed_dropout 0")
+        if config.fixed_dropout > 0 and config.task is None and config.model not in SITE_MODELS:
+            raise ConfigError(NO_SITES.format(field="fixed_dropout", family=cls.name, model=repr(config.model)) + ", or fixed_dropout 0")
 
     def masks(self, batch_size: int, like: Tensor) -> dict[str, Tensor]:
         """One draw of inverted-dropout scales m / (1 − p) per site, shaped (batch_size, *site_shape)."""
@@ -80,7 +81,7 @@ class FixedRegularization(HyperFamily):
                    batch: Batch) -> Tensor:
         x, y, _ = batch
         masks = self.masks(x.shape[0], next(iter(params.values()))) if self.fixed_dropout > 0 else {}
-        loss = F.cross_entropy(model_fn({**params, **masks}, x), y)
+        loss = self.data_loss(model_fn({**params, **masks}, x), y)
         return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:

@@ -4,11 +4,13 @@ One λ per training example, λ of shape (num_train,), gathered with the batch's
 The weight of example i is s_i = sigmoid(λ_i) ∈ (0, 1), and the training loss of a batch b is the
 weighted mean
 
-    L_T(w, λ) = Σ_{i ∈ b} s_i · CE_i(w) / Σ_{i ∈ b} s_i,
+    L_T(w, λ) = Σ_{i ∈ b} s_i · ℓ_i(w) / Σ_{i ∈ b} s_i,
+
+with ℓ_i the task's per-example loss (cross-entropy by default; any loss of a user's Task),
 
 so only relative weights matter (scaling every s_i changes nothing, and the step size of the
 inner optimizer stays that of an unweighted run). λ starts at 0 (every s_i = 1/2, the unweighted
-loss). L_V is the plain mean cross-entropy on validation examples: λ reaches it only through w*(λ).
+loss). L_V is the plain mean task loss on validation examples: λ reaches it only through w*(λ).
 On a class-imbalanced training split (``imbalance`` option of the data) the hypergradient raises the
 weights of the classes the balanced validation set needs — the picture shows the weights by class.
 """
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
@@ -27,7 +28,8 @@ from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
-    from hybrid_hpo.data import DataSplits
+    from hybrid_hpo.splits import DataSplits
+    from hybrid_hpo.task.task import ExampleLoss
 
 PICTURE = "example_weights_by_class.png"
 
@@ -38,19 +40,20 @@ class Reweight(HyperFamily):
     Args:
         num_train: training-split size N (λ has shape (N,)).
         like: a weight tensor giving λ's dtype and device.
+        loss: the task's per-example loss (default: cross-entropy).
     """
 
     name = "reweight"
 
-    def __init__(self, num_train: int, *, like: Tensor) -> None:
-        super().__init__()
+    def __init__(self, num_train: int, *, like: Tensor, loss: ExampleLoss | None = None) -> None:
+        super().__init__(loss)
         if num_train < 1:
             raise ConfigError(f"num_train: reweight needs at least one training example (got {num_train})")
         self._register("weight", torch.zeros(num_train, dtype=like.dtype, device=like.device))
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> Reweight:
-        return cls(context.num_train, like=next(iter(context.params.values())))
+        return cls(context.num_train, like=next(iter(context.params.values())), loss=context.loss)
 
     @staticmethod
     def weights(hparams: Mapping[str, Tensor]) -> Tensor:
@@ -60,11 +63,9 @@ class Reweight(HyperFamily):
     def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                    batch: Batch) -> Tensor:
         x, y, index = batch
-        ce = F.cross_entropy(self.predict(model_fn, params, hparams, x), y, reduction="none")
-        if ce.ndim > 1:  # sequence targets (N, T): one weight per sequence, on its mean token loss
-            ce = ce.flatten(1).mean(dim=1)
+        losses = self.example_loss(self.predict(model_fn, params, hparams, x), y)  # (B,)
         s = self.weights(hparams)[index]
-        return (s * ce).sum() / s.sum()
+        return (s * losses).sum() / s.sum()
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         """Mean, min, max of the weights s and the effective sample size (Σs)²/Σs² / N ∈ (0, 1]."""
@@ -82,12 +83,15 @@ class Reweight(HyperFamily):
         return {int(c): s[labels == c] for c in labels.unique()}
 
     def render(self, params: Mapping[str, Tensor], directory: Path, data: DataSplits | None = None) -> list[Path]:
-        """A histogram of the learned weights per class (needs ``data`` for the training labels)."""
+        """A histogram of the learned weights per class (needs ``data`` of a classification task for
+        the training labels; otherwise no picture)."""
         from hybrid_hpo.pictures import histogram_by_group
 
-        if data is None or data.train.y.ndim != 1:
+        if data is None or data.num_classes is None:
             return []
-        groups = {f"class {c} (mean {s.mean():.2f})": s
-                  for c, s in self.class_weights(data.train.y).items()}
+        labels = data.train.targets()
+        if labels.ndim != 1:
+            return []
+        groups = {f"class {c} (mean {s.mean():.2f})": s for c, s in self.class_weights(labels).items()}
         return [histogram_by_group(groups, Path(directory) / PICTURE, xlabel="example weight sigmoid(λ)",
                                    bins=25, title="learned per-example loss weights by class")]

@@ -2,9 +2,11 @@
 
 Training loss (the convention everywhere in hybrid-hpo):
 
-    L_T(w, λ) = mean_b CE(f(x_b; w), y_b) + 1/2 Σ_{n ∈ decayed} Σ_i decay_{n,i} · w_{n,i}²
+    L_T(w, λ) = mean_b ℓ(f(x_b; w), y_b) + 1/2 Σ_{n ∈ decayed} Σ_i decay_{n,i} · w_{n,i}²
 
-with decay = softplus(raw) > 0, raw the unconstrained λ the hyper optimizer steps.
+with ℓ the task's per-example loss (cross-entropy by default)
+
+and decay = softplus(raw) > 0, raw the unconstrained λ the hyper optimizer steps.
 Decayed tensors are the parameters with ``ndim >= 2`` (Linear weights, conv kernels); biases and
 normalisation scales/shifts (1-D) are not decayed, the usual practice, so they carry no λ.
 
@@ -29,7 +31,8 @@ from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
-    from hybrid_hpo.data import DataSplits
+    from hybrid_hpo.splits import DataSplits
+    from hybrid_hpo.task.task import ExampleLoss
 
 GRANULARITIES: tuple[str, ...] = ("global", "per_tensor", "per_weight")
 HISTOGRAM_FILE = "weight_decay_histogram.png"
@@ -47,13 +50,14 @@ class WeightDecay(HyperFamily):
         params: the model's named parameters (only shapes, dtype and device are used).
         granularity: "global", "per_tensor" or "per_weight".
         init_decay: initial value of every decay (> 0).
+        loss: the task's per-example loss (default: cross-entropy).
     """
 
     name = "weight_decay"
 
     def __init__(self, params: Mapping[str, Tensor], *, granularity: str = "per_weight",
-                 init_decay: float = 1e-3) -> None:
-        super().__init__()
+                 init_decay: float = 1e-3, loss: ExampleLoss | None = None) -> None:
+        super().__init__(loss)
         if granularity not in GRANULARITIES:
             raise ConfigError(f"granularity: unknown value {granularity!r} for weight_decay; "
                               f"choose one of {', '.join(GRANULARITIES)}")
@@ -75,7 +79,7 @@ class WeightDecay(HyperFamily):
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> WeightDecay:
-        return cls(context.params, granularity=config.granularity, init_decay=config.init_decay)
+        return cls(context.params, granularity=config.granularity, init_decay=config.init_decay, loss=context.loss)
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
@@ -100,7 +104,7 @@ class WeightDecay(HyperFamily):
     def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                    batch: Batch) -> Tensor:
         x, y, _ = batch
-        return F.cross_entropy(self.predict(model_fn, params, hparams, x), y) + self.penalty(params, hparams)
+        return self.data_loss(self.predict(model_fn, params, hparams, x), y) + self.penalty(params, hparams)
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         """decay_mean / decay_min / decay_max over the λ entries, and the penalty's value."""

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 PICTURES_DIR = "pictures"
 CURVES_FILE = "curves.png"
-CURVE_KEYS: tuple[str, ...] = ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def render_trial(trainer: Any, history: Sequence[Mapping[str, float]], checkpoint_dir: str | Path) -> list[Path]:
@@ -38,21 +38,31 @@ def render_trial(trainer: Any, history: Sequence[Mapping[str, float]], checkpoin
     return written
 
 
+def curve_kinds(keys: Sequence[str]) -> list[str]:
+    """The metrics with a curve, in order: the suffixes of the ``train_*`` keys, e.g. ["loss", "acc",
+    "balanced_acc"] for a classification task, ["loss", "mae"] for a regression task with a metric."""
+    return [key.removeprefix("train_") for key in keys if key.startswith("train_")]
+
+
 def render_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> Path:
-    """Loss (left) and accuracy (right) per epoch for the train / val / test splits, as a PNG."""
+    """One panel per metric (loss first, then the task's metrics) with a curve per split present
+    (train / val / test) over the epochs, as a PNG. ``history``: rows of ``epoch`` and
+    ``<split>_<metric>`` keys."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(8, 3.2), dpi=80)
-    for column, kind in enumerate(("loss", "acc")):
-        axes = figure.add_subplot(1, 2, column + 1)
-        for split in ("train", "val", "test"):
-            axes.plot(epochs, [row[f"{split}_{kind}"] for row in history], marker=".", label=split)
+    kinds = curve_kinds(list(history[0]))
+    figure = Figure(figsize=(4 * len(kinds), 3.2), dpi=80)
+    for column, kind in enumerate(kinds):
+        axes = figure.add_subplot(1, len(kinds), column + 1)
+        for split in SPLITS:
+            if f"{split}_{kind}" in history[0]:
+                axes.plot(epochs, [row[f"{split}_{kind}"] for row in history], marker=".", label=split)
         axes.set_xlabel("epoch")
-        axes.set_ylabel(f"cross-entropy {kind}" if kind == "loss" else "accuracy")
+        axes.set_ylabel(kind.replace("_", " "))
         axes.grid(alpha=0.3)
         axes.legend()
     figure.tight_layout()

@@ -4,6 +4,8 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
 
     name: quickstart            # results/<name>-<time>/ and the study name prefix (default: file stem)
     task:   {dataset: digits, model: mlp, hidden: [512, 256], family: weight_decay, granularity: per_weight}
+    # or your own task: {factory: "my_tasks.py:make_task", family: weight_decay} (FILE.py:FUNCTION or
+    # MODULE:FUNCTION returning a hybrid_hpo.Task; a relative FILE.py is relative to the working directory)
     inner:  {epochs: 4, inner_steps: 5, batch_size: 64, inner_optimizer: momentum, hyper_optimizer: adam}
     solver: {name: neumann, terms: 5, alpha: 0.1}
     search:                     # the outer space: RunConfig keys -> distributions
@@ -20,11 +22,11 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
                                 # where they are; no new ones start)
     initial_points:             # optional warm start: the first trials, at these settings (searched keys;
       - {inner_lr: 0.1, inner_steps: 2}   # a key left out is sampled)
-    metric: val_loss
+    metric: val_loss            # val_loss, val_acc, or val_<name> of your task's metrics
     mode: min
 
 ``task``, ``inner`` and ``solver`` hold fixed RunConfig settings (``solver.name`` is RunConfig's
-``solver``); the split into three sections is for people, any RunConfig key may go in any of them,
+``solver``, ``task.factory`` its ``task``); the split into three sections is for people, any RunConfig key may go in any of them,
 but only once. :func:`load_spec` validates everything — including that the fixed settings with every
 corner of the search space make a valid RunConfig — before anything is created, and raises a
 one-line :class:`ConfigError` naming the file and the field.
@@ -46,6 +48,35 @@ from hybrid_hpo.tune.distributions import DISTRIBUTION_TYPES, Distribution
 
 FIXED_SECTIONS: tuple[str, ...] = ("task", "inner", "solver")
 OBJECTIVES: dict[str, str] = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
+"""The built-in objectives and their direction; a task's own metric ``val_<name>`` takes ``mode`` as given."""
+TASK_METRIC = re.compile(r"(train|val)_[a-z][a-z0-9_]*")
+FACTORY_KEY = "factory"
+"""``task.factory`` of a spec file: RunConfig's ``task`` (a task factory's name)."""
+
+
+_RENAMED: dict[tuple[str, str], str] = {("solver", "name"): "solver", ("task", FACTORY_KEY): "task"}
+
+
+def setting_name(section: str, key: str) -> str:
+    """The RunConfig field that ``key`` of a spec section sets (``solver.name`` -> solver,
+    ``task.factory`` -> task; any other key is its own name)."""
+    return _RENAMED.get((section, key), key)
+
+
+def task_settings(section: dict[str, Any]) -> dict[str, Any]:
+    """A spec's ``task`` section as RunConfig settings: ``factory`` becomes ``task``, with a relative
+    ``FILE.py`` made absolute (trials run in other working directories)."""
+    return {setting_name("task", key): absolute_factory(value) if key == FACTORY_KEY else value
+            for key, value in section.items()}
+
+
+def absolute_factory(name: Any) -> Any:
+    """``FILE.py:FUNCTION`` with FILE resolved against the working directory; anything else as is."""
+    if isinstance(name, str) and ":" in name:
+        target, function = name.rsplit(":", 1)
+        if target.endswith(".py"):
+            return f"{Path(target).expanduser().resolve()}:{function}"
+    return name
 
 
 class Resources(BaseModel):
@@ -107,8 +138,9 @@ class SweepSpec(BaseModel):
     def _validation_objective(cls, value: str) -> str:
         if value.startswith("test_"):
             raise ValueError(f"{value} would tune on the test set; use val_loss or val_acc")
-        if value not in OBJECTIVES:
-            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(OBJECTIVES)}")
+        if value not in OBJECTIVES and not TASK_METRIC.fullmatch(value):
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(OBJECTIVES)} or val_<name> of "
+                             "your task's metrics")
         return value
 
     @model_validator(mode="after")
@@ -125,7 +157,7 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _mode_matches_metric(self) -> "SweepSpec":
-        if OBJECTIVES[self.metric] != self.mode:
+        if self.metric in OBJECTIVES and OBJECTIVES[self.metric] != self.mode:
             raise ValueError(f"mode: {self.mode} of {self.metric} looks inverted; use mode: {OBJECTIVES[self.metric]}")
         return self
 
@@ -133,8 +165,9 @@ class SweepSpec(BaseModel):
         """task + inner + solver as one RunConfig mapping (``solver.name`` -> ``solver``)."""
         fixed: dict[str, Any] = {}
         for section in FIXED_SECTIONS:
-            for key, value in getattr(self, section).items():
-                fixed["solver" if (section, key) == ("solver", "name") else key] = value
+            settings = task_settings(self.task) if section == "task" else getattr(self, section)
+            for key, value in settings.items():
+                fixed[setting_name(section, key)] = value
         return fixed
 
     def sample_configs(self) -> list[tuple[str, dict[str, Any]]]:
@@ -258,7 +291,7 @@ def _check_settings(spec: SweepSpec, source: str) -> None:
     seen: dict[str, str] = {}
     for section in FIXED_SECTIONS:
         for key in getattr(spec, section):
-            target = "solver" if (section, key) == ("solver", "name") else key
+            target = setting_name(section, key)
             check_known_key(f"{section}.{key}", target, names, source)
             if target in seen:
                 raise ConfigError(f"{source}: {section}.{key}: {target} is already set in {seen[target]}; keep one")

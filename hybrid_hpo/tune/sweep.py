@@ -48,7 +48,6 @@ from hybrid_hpo.tune.spec import SweepSpec
 
 METADATA_FILE = "sweep.json"
 EXPERIMENT_NAME = "tune"
-TABLE_METRICS: tuple[str, ...] = ("val_loss", "val_acc", "test_loss", "test_acc")
 # Seconds between Ray's experiment snapshots (trials + pickled searcher) and their copy into the
 # results dir: what --resume restores after a killed driver. Ray's defaults (>= 10 s, copy every
 # 300 s) would lose minutes of a sweep; a snapshot of a sweep this size takes milliseconds.
@@ -171,6 +170,7 @@ def preflight(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, c
         probe_address(address)
     if check_data and not address:
         check_datasets(spec)
+    check_task_factory(spec, build=check_data and not address)
     if plan.storage is None:
         return None  # a new SQLite file in the (not yet created) results dir: nothing to check
     storage = make_storage(plan.storage)
@@ -211,6 +211,22 @@ def check_datasets(spec: SweepSpec) -> None:
             load_dataset(name, val_fraction=0.5, root=fixed.data_root, download=False)
         except ConfigError as error:
             raise ConfigError(f"task.dataset: {error}") from None
+
+
+def check_task_factory(spec: SweepSpec, build: bool = True) -> None:
+    """A sweep of one's own task: import its factory and (``build``) make the task once on this
+    machine, with the fixed settings and every searched key at its low corner, checking that it
+    reports the objective. Nothing to do for the built-in tasks (:func:`check_datasets`)."""
+    from hybrid_hpo.task import check_task, load_factory
+
+    _, values = spec.sample_configs()[0]
+    config = RunConfig.from_mapping(values)
+    if config.task is None:
+        return
+    if not build:  # on a cluster the data may live on the workers only: the import is what we can check
+        load_factory(config.task)
+        return
+    check_task(config, spec.metric)
 
 
 def _check_study(spec: SweepSpec, storage, study_name: str, shown_url: str) -> None:
@@ -381,11 +397,12 @@ def result_rows(grid, spec: SweepSpec, budget_spent: bool = False) -> list[dict[
     when the sweep's time budget stopped it), ERROR.
     """
     rows, budget = [], base_config(spec)["epochs"]
+    shown = table_metrics([result.metrics or {} for result in grid], spec.metric)
     for result in grid:
         metrics, config = result.metrics or {}, result.config or {}
         row: dict[str, Any] = {"trial": metrics.get("trial_id", "?")}
         row.update({key: config.get(key) for key in spec.search})
-        row.update({key: metrics.get(key, math.nan) for key in dict.fromkeys((spec.metric, *TABLE_METRICS))})
+        row.update({key: metrics.get(key, math.nan) for key in shown})
         row["epochs"] = metrics.get("training_iteration", 0)
         row["time_s"] = metrics.get("time_total_s", math.nan)
         row["status"] = _status(result.error, metrics, budget, budget_spent)
@@ -393,6 +410,15 @@ def result_rows(grid, spec: SweepSpec, budget_spent: bool = False) -> list[dict[
     sign = 1.0 if spec.mode == "min" else -1.0
     rows.sort(key=lambda r: (math.isnan(r[spec.metric]), sign * r[spec.metric] if not math.isnan(r[spec.metric]) else 0))
     return rows
+
+
+def table_metrics(results: list[dict[str, Any]], objective: str) -> list[str]:
+    """The metric columns of the table: the objective, then the val_* and test_* metrics any trial
+    reported (loss and the task's metrics, e.g. val_acc or test_mae; balanced accuracies left out)."""
+    reported = dict.fromkeys(key for metrics in results for key in metrics
+                             if key.startswith(("val_", "test_")) and not key.endswith("balanced_acc"))
+    ordered = [key for prefix in ("val_", "test_") for key in reported if key.startswith(prefix)]
+    return list(dict.fromkeys((objective, *ordered)))
 
 
 def _status(error: Any, metrics: dict[str, Any], budget: int, budget_spent: bool) -> str:

@@ -7,6 +7,15 @@ many inner hyperparameters (e.g. one weight decay per weight) by implicit differ
 
     tune.run(IFTTrainable, config={"epochs": 5, ...}, search_alg=make_search(...))
 
+Your own model and data: pass a :class:`hybrid_hpo.Task` or a factory ``config dict -> Task``
+through ``tune.with_parameters`` (Ray ships it to the trials through its object store)::
+
+    tune.run(tune.with_parameters(IFTTrainable, task=make_task), config={...}, search_alg=...)
+
+A factory is called in each trial with that trial's config (so a search may vary e.g. the model
+width); a Task's model is copied for each trial, so every trial starts from the same weights.
+Without ``task`` the trial's ``task`` setting (a factory's name) or the built-in task is used.
+
 The trial ends by itself after ``epochs`` steps (``done``); a checkpoint holds the trainer's
 ``state_dict()`` — weights, hyperparameters, both optimizers, RNG state — as ``trainer.pt``, the
 metrics history as ``history.json`` and, in the final checkpoint, pictures for people under
@@ -15,6 +24,8 @@ ran on (on a cluster, node IPs and host names need not be distinct).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import time
@@ -26,7 +37,8 @@ from ray import tune
 
 from hybrid_hpo.bilevel import BilevelTrainer
 from hybrid_hpo.config import RunConfig
-from hybrid_hpo.tune.pictures import CURVE_KEYS, render_trial
+from hybrid_hpo.task import Task, TaskSource
+from hybrid_hpo.tune.pictures import render_trial
 
 CHECKPOINT_FILE = "trainer.pt"
 HISTORY_FILE = "history.json"
@@ -54,7 +66,8 @@ class IFTTrainable(tune.Trainable):
     skip process start and imports between trials.
     """
 
-    def setup(self, config: dict[str, Any]) -> None:
+    def setup(self, config: dict[str, Any], task: TaskSource = None) -> None:
+        self.task_source = task
         resources = self.trial_resources
         cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
         if cpus >= 1:  # one intra-op thread per CPU Ray reserved for this trial
@@ -64,12 +77,15 @@ class IFTTrainable(tune.Trainable):
     def _build(self, config: dict[str, Any]) -> None:
         run_config = RunConfig.from_mapping(config)
         self.run_config = run_config
-        self.trainer = BilevelTrainer(run_config, device=trial_device(run_config.device))
-        self.history: list[dict[str, float]] = []  # CURVE_KEYS + epoch per epoch, for the pictures
+        task = self.task_source
+        if isinstance(task, Task):  # every trial (also in a reused actor) starts from the task's initial weights
+            task = dataclasses.replace(task, model=copy.deepcopy(task.model))
+        self.trainer = BilevelTrainer(run_config, device=trial_device(run_config.device), task=task)
+        self.history: list[dict[str, float]] = []  # epoch and the split metrics per epoch, for the pictures
 
     def step(self) -> dict[str, Any]:
         metrics = dict(self.trainer.train_epoch())
-        self.history.append({key: metrics[key] for key in ("epoch", *CURVE_KEYS)})
+        self.history.append({key: metrics[key] for key in ("epoch", *self.trainer.metric_names())})
         metrics["done"] = self.trainer.epoch >= self.run_config.epochs
         metrics["reported_at"] = time.time()  # wall clock (s since the epoch), finer than Ray's integer timestamp
         if ray.is_initialized():
