@@ -330,3 +330,25 @@ def test_shipped_own_task_spec_builds_its_task_and_reports_its_objective(monkeyp
     trainer = BilevelTrainer(RunConfig.from_mapping({**spec.sample_configs()[0][1], "epochs": 1}))
     assert trainer.data.name == "diabetes" and len(trainer.data.test) == 88
     assert trainer.metric_names()[-2:] == ("test_loss", "test_mae")
+
+
+def test_a_comparison_file_takes_a_task_factory_and_its_metric():
+    from hybrid_hpo.compare.spec import validate_compare_spec
+
+    raw = {"task": {"factory": "examples/own_task.py:make_task", "hidden": [16]}, "budget_s": 10,
+           "metric": "val_mae", "report": "test_mae",
+           "strategies": {"bo_only": {"settings": {"family": "fixed"},
+                                      "search": {"inner_lr": {"type": "loguniform", "low": 0.01, "high": 0.3}}},
+                          "ift_defaults": {"settings": {"family": "weight_decay"}},
+                          "hybrid": {"settings": {"family": "weight_decay"},
+                                     "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1}}}}}
+    with pytest.raises(ConfigError, match="mode: val_mae is your task's metric; say whether to minimise or maximise"):
+        validate_compare_spec(raw)
+    spec = validate_compare_spec({**raw, "mode": "min"})
+    settings = spec.run_settings("hybrid", seed=4)
+    assert settings["task"].endswith("examples/own_task.py:make_task") and "factory" not in settings
+    sweep = spec.sweep_spec("bo_only", seed=4)
+    assert (sweep.metric, sweep.mode, sweep.fixed_settings()["task"]) == ("val_mae", "min", settings["task"])
+    with pytest.raises(ConfigError, match="strategies.hybrid.settings.task: task decides the data split"):
+        validate_compare_spec({**raw, "mode": "min", "strategies": {
+            **raw["strategies"], "hybrid": {**raw["strategies"]["hybrid"], "settings": {"task": "x.py:f"}}}})
