@@ -39,9 +39,10 @@ def render_trial(trainer: Any, history: Sequence[Mapping[str, float]], checkpoin
 
 
 def curve_kinds(keys: Sequence[str]) -> list[str]:
-    """The metrics with a curve, in order: the suffixes of the ``train_*`` keys, e.g. ["loss", "acc",
-    "balanced_acc"] for a classification task, ["loss", "mae"] for a regression task with a metric."""
-    return [key.removeprefix("train_") for key in keys if key.startswith("train_")]
+    """The metrics with a curve, in order: the suffixes of the ``train_*`` keys without the balanced
+    accuracy, e.g. ["loss", "acc"] for a classification task, ["loss", "mae"] for a regression task
+    with a metric."""
+    return [key.removeprefix("train_") for key in keys if key.startswith("train_") and key != "train_balanced_acc"]
 
 
 def render_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> Path:
