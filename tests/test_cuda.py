@@ -163,10 +163,9 @@ def test_auto_batching_follows_the_device_threshold(device, monkeypatch):
 
 # --------------------------------------------------------------------- hypergradient CUDA == CPU
 
-HYPER_SOLVERS = {
-    "identity": Identity(),
+HYPER_SOLVERS = {  # alpha="auto" is left out: its power iteration starts from a vector drawn on the device
+    "identity": Identity(),  # (no host copy, no sync), so CPU and CUDA start, and end, elsewhere
     "neumann": Neumann(terms=5, alpha=0.3),
-    "neumann-auto": Neumann(terms=5, alpha="auto"),
     "neumann-damped": Neumann(terms=5, alpha=0.2, damping=0.1),
     "cg": ConjugateGradient(max_iter=10, rtol=0.0, damping=0.1),
     "nystrom": Nystrom(rank=8, rho=0.1),
@@ -324,7 +323,7 @@ def test_solver_loops_do_not_synchronise_per_iteration(device, name):
     assert few == many, (few, many)
     assert few["tolist"] == 1  # the one read of HypergradientInfo
     assert few["_local_scalar_dense"] == few["nonzero"] == 0, few
-    assert few["cuda sync"] <= 6, few  # CUDA: that read, and copies of a few scalars (once per solve)
+    assert few["cuda sync"] <= 3, few  # CUDA: that read and the copy of Neumann's iteration count
 
 
 class _SyncingOperator:

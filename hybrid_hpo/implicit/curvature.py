@@ -14,12 +14,11 @@ def top_eigenvalue(operator: LinearOperator, like: Sequence[Tensor], iters: int 
     """Power iteration: the Rayleigh quotient uᵀAu of the dominant eigenvector estimate u.
 
     Converges to the eigenvalue of largest magnitude (negative if that is one of A's). Costs
-    ``iters`` products; starts from a seeded Gaussian vector shaped like ``like``, drawn on the CPU
-    and copied to ``like``'s device (so CPU and CUDA start from the same vector and agree); returns a
-    0-dim tensor on the device, and the loop never synchronises with the host.
+    ``iters`` products; starts from a seeded Gaussian vector shaped like ``like``; returns a
+    0-dim tensor on the device without synchronising with the host.
     """
-    generator = torch.Generator().manual_seed(seed)
-    u = [torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in like]
+    generator = torch.Generator(device=like[0].device).manual_seed(seed)
+    u = [torch.randn(t.shape, generator=generator, dtype=t.dtype, device=t.device) for t in like]
     u = tl.scale(u, 1.0 / tl.norm(u))
     eigenvalue = torch.zeros((), dtype=like[0].dtype, device=like[0].device)
     for _ in range(iters):
