@@ -158,7 +158,8 @@ def batching(sizes: Sizes, repeats: int, device: torch.device) -> None:
         del problem
     constant = "CUDA_BATCH_MAX_NUMEL" if device.type == "cuda" else "CPU_BATCH_MAX_NUMEL"
     current = getattr(operators, constant)
-    print(f"{constant} these call for: {batch_threshold(verdicts)} (set now: {current})")
+    print(f"{constant} these call for: {batch_threshold(verdicts)} (set now: {current})"
+          + ("; --quick: one repeat on tiny problems, a smoke value, not a setting" if sizes is QUICK else ""))
 
 
 def batch_threshold(verdicts: list[tuple[int, bool]]) -> str:
