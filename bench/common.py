@@ -9,9 +9,12 @@ Problems (all with one weight decay per weight, decay = softplus(λ)):
   * ``mlp``    64-1024-1024-10 tanh on sklearn digits (the engine benchmark's 1.1M-weight MLP);
   * ``mlp-small`` 64-32-10 tanh (2,410 weights: small enough for the exact Hessian);
   * ``cnn``    hybrid_hpo.models' small CNN (21k weights) on digits 1x8x8;
-  * ``logreg`` logistic regression on digits (650 weights; the exact Hessian is cheap).
+  * ``logreg`` logistic regression on digits (650 weights; the exact Hessian is cheap);
+  * ``resnet18`` hybrid_hpo.models' ResNet-18 (CIFAR stem, 11.2M weights, BatchNorm in train mode)
+    on CIFAR-shaped synthetic batches (3x32x32 Gaussian images, 10 random labels);
+  * ``mlp-cifar`` an MLP 3072-``hidden``-10 (tanh) on the same synthetic batches (width decides size).
 The weights are first trained ``pretrain`` full-batch Adam steps on L_T, so that they sit near
-w*(λ) where the implicit function theorem applies.
+w*(λ) where the implicit function theorem applies. Models are built directly on ``device``.
 """
 from __future__ import annotations
 
@@ -177,22 +180,26 @@ class Problem:
 def build_problem(name: str, device: torch.device, *, batch: int = 256, pretrain: int = 100,
                   init_decay: float = 1e-2, lr: float = 3e-3, dtype: torch.dtype = torch.float32, seed: int = 0,
                   hidden: tuple[int, ...] = (1024, 1024)) -> Problem:
-    """One of ``mlp``, ``cnn``, ``logreg`` on digits; see the module docstring."""
-    from hybrid_hpo.data import load_dataset
+    """One of ``mlp``, ``mlp-small``, ``cnn``, ``logreg`` (digits), ``resnet18``, ``mlp-cifar``
+    (CIFAR-shaped synthetic batches); see the module docstring."""
     from hybrid_hpo.models import build_model
 
     torch.manual_seed(seed)
-    data = load_dataset("digits", val_fraction=0.3, seed=seed)
-    if name in ("mlp", "mlp-small"):
-        hidden = (32,) if name == "mlp-small" else hidden
-        model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=hidden, activation="tanh")
-    elif name in ("cnn", "logreg"):
-        model = build_model(name, input_shape=(1, 8, 8), num_classes=10, activation="tanh")
-    else:
-        raise SystemExit(f"problem: unknown {name!r}; choose mlp, mlp-small, cnn or logreg")
-    model = model.to(device=device, dtype=dtype)
-    x, y = data.train.x[:batch].to(device, dtype), data.train.y[:batch].to(device)
-    xv, yv = data.val.x[:batch].to(device, dtype), data.val.y[:batch].to(device)
+    cifar = name in ("resnet18", "mlp-cifar")
+    input_shape = (3, 32, 32) if cifar else (1, 8, 8)
+    with torch.device(device):
+        if name in ("mlp", "mlp-small", "mlp-cifar"):
+            hidden = (32,) if name == "mlp-small" else hidden
+            model = build_model("mlp", input_shape=input_shape, num_classes=10, hidden=hidden, activation="tanh")
+        elif name in ("cnn", "logreg"):
+            model = build_model(name, input_shape=input_shape, num_classes=10, activation="tanh")
+        elif name == "resnet18":
+            model = build_model(name, input_shape=input_shape, num_classes=10)
+        else:
+            raise SystemExit(f"problem: unknown {name!r}; choose mlp, mlp-small, cnn, logreg, resnet18 or mlp-cifar")
+    model = model.to(dtype=dtype)
+    x, y, xv, yv = (_synthetic_batches if cifar else _digits_batches)(batch, seed)
+    x, y, xv, yv = x.to(device, dtype), y.to(device), xv.to(device, dtype), yv.to(device)
     lam0 = float(torch.log(torch.expm1(torch.tensor(init_decay, dtype=torch.float64))))  # softplus⁻¹
 
     def train_loss(p, h):
@@ -215,6 +222,22 @@ def build_problem(name: str, device: torch.device, *, batch: int = 256, pretrain
         for k, p in model.named_parameters():
             p.copy_(params[k])
     return Problem(name, model, train_loss, val_loss, params, hparams, x, y, xv, yv)
+
+
+def _digits_batches(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(x, y, x_val, y_val): the first ``batch`` examples of digits' train and validation splits."""
+    from hybrid_hpo.data import load_dataset
+
+    data = load_dataset("digits", val_fraction=0.3, seed=seed)
+    return data.train.x[:batch], data.train.y[:batch], data.val.x[:batch], data.val.y[:batch]
+
+
+def _synthetic_batches(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(x, y, x_val, y_val): CIFAR-shaped Gaussian images (batch, 3, 32, 32), labels uniform in 0..9."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(2 * batch, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (2 * batch,), generator=generator)
+    return images[:batch], labels[:batch], images[batch:], labels[batch:]
 
 
 def flat(grads) -> torch.Tensor:

@@ -18,6 +18,27 @@ import torch
 from hybrid_hpo.implicit import HessianOperator
 
 
+def batched_vs_looped(problem, ks, repeats: int, device: torch.device) -> list[tuple[int, float, float, common.Ratio]]:
+    """(k, batched ms, looped ms, batched/loop) per k: HessianOperator.matmat with one vmap-batched
+    backward against k products through the same retained graph, interleaved. Raises RuntimeError
+    when the batched backward itself fails (no vmap rule, out of memory), instead of timing matmat's
+    silent fallback to the loop."""
+    w = [t.detach().requires_grad_(True) for t in problem.params.values()]
+    grads = torch.autograd.grad(problem.train_loss(dict(zip(problem.params, w)), problem.hparams), w,
+                                create_graph=True)
+    batched = HessianOperator(grads, w, batch_max_numel=None)
+    looped = HessianOperator(grads, w, batch_max_numel=0)
+    rows = []
+    for k in ks:
+        vs = [torch.randn(k, *t.shape, device=device, dtype=t.dtype) for t in w]
+        batched._backward(vs, batched=True)  # the vmap path must work on its own
+        times = common.interleaved({"batched": lambda: batched.matmat(vs), "loop": lambda: looped.matmat(vs)},
+                                   repeats, device)
+        rows.append((k, common.median_ms(times["batched"]), common.median_ms(times["loop"]),
+                     common.ratio(times["batched"], times["loop"])))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
@@ -29,18 +50,8 @@ def main() -> None:
     print(f"{'problem':<8}{'weights':>10}{'k':>4}{'batched ms':>12}{'loop ms':>10}  batched/loop")
     for name in args.problems:
         problem = common.build_problem(name, device, pretrain=0)
-        w = [t.detach().requires_grad_(True) for t in problem.params.values()]
-        grads = torch.autograd.grad(problem.train_loss(dict(zip(problem.params, w)), problem.hparams), w,
-                                    create_graph=True)
-        batched = HessianOperator(grads, w, batch_max_numel=None)
-        looped = HessianOperator(grads, w, batch_max_numel=0)
-        for k in args.ks:
-            vs = [torch.randn(k, *t.shape, device=device) for t in w]
-            times = common.interleaved({"batched": lambda: batched.matmat(vs), "loop": lambda: looped.matmat(vs)},
-                                       args.repeats, device)
-            print(f"{name:<8}{problem.num_weights:>10,}{k:>4}{common.median_ms(times['batched']):>12.1f}"
-                  f"{common.median_ms(times['loop']):>10.1f}  {common.ratio(times['batched'], times['loop'])}",
-                  flush=True)
+        for k, batched_ms, loop_ms, r in batched_vs_looped(problem, args.ks, args.repeats, device):
+            print(f"{name:<8}{problem.num_weights:>10,}{k:>4}{batched_ms:>12.1f}{loop_ms:>10.1f}  {r}", flush=True)
     common.footer()
 
 

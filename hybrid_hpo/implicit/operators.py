@@ -26,9 +26,12 @@ class LinearOperator(Protocol):
 #: On CPU, ``HessianOperator.matmat`` runs one vmap-batched backward only while the weights have at
 #: most this many entries; above it, k sequential products through the retained graph were faster
 #: (bench/matmat.py: batched/loop 1.3-1.6x for the 21k-weight CNN and the 1.1M-weight MLP at k = 5
-#: and 20; batching won only on the dispatch-bound 650-weight logistic regression). Other devices
-#: always batch.
+#: and 20; batching won only on the dispatch-bound 650-weight logistic regression).
 CPU_BATCH_MAX_NUMEL = 10_000
+
+#: The same threshold on CUDA; ``None`` = always batch. Not measured yet: ``bench/gpu.sh`` prints the
+#: value its batched/looped timings call for. Devices other than CPU and CUDA always batch.
+CUDA_BATCH_MAX_NUMEL: int | None = None
 
 
 class HessianOperator:
@@ -45,7 +48,7 @@ class HessianOperator:
 
     ``batch_max_numel``: ``matmat`` batches (vmap) when the weights have at most this many entries,
     else loops over the k vectors; ``None`` always batches; ``"auto"`` (default) is
-    :data:`CPU_BATCH_MAX_NUMEL` on CPU and ``None`` elsewhere.
+    :data:`CPU_BATCH_MAX_NUMEL` on CPU, :data:`CUDA_BATCH_MAX_NUMEL` on CUDA and ``None`` elsewhere.
     """
 
     def __init__(self, grads: Sequence[Tensor], weights: Sequence[Tensor], batch_max_numel: int | None | str = "auto"):
@@ -53,8 +56,8 @@ class HessianOperator:
         self._connected = [i for i, g in enumerate(grads) if g.requires_grad]
         self._outputs = [grads[i] for i in self._connected]
         if batch_max_numel == "auto":
-            on_cpu = bool(self.weights) and self.weights[0].device.type == "cpu"
-            batch_max_numel = CPU_BATCH_MAX_NUMEL if on_cpu else None
+            device = self.weights[0].device.type if self.weights else None
+            batch_max_numel = {"cpu": CPU_BATCH_MAX_NUMEL, "cuda": CUDA_BATCH_MAX_NUMEL}.get(device)
         self._batched = batch_max_numel is None or sum(w.numel() for w in self.weights) <= batch_max_numel
 
     def _backward(self, vs: Sequence[Tensor], batched: bool) -> TensorList:
