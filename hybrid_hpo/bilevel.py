@@ -4,7 +4,8 @@
         inner_steps times:  w ← inner_optimizer step on L_T(w, λ) over a training mini-batch
         once:               g = dL_V/dλ by the IFT (hybrid_hpo.implicit.hypergradient) on a fresh
                             training batch (L_T) and a validation batch (L_V);
-                            λ ← hyper_optimizer step with g, unless g is not finite (rejected)
+                            λ ← hyper_optimizer step with g, unless g is not finite or the
+                            solver diverged and diverged_policy is "reject" (rejected)
 
 An epoch is one pass over the training split in shuffled mini-batches; the count of inner steps
 runs across epochs, so a hyper step happens after every ``inner_steps`` inner steps whatever the
@@ -24,7 +25,8 @@ full splits in eval mode after the epoch): epoch, <split>_loss and <split>_<metr
 the task's metrics (default: acc) and, for classification, <split>_balanced_acc, with split in
 train / val / test (test only when the task has a test set), hypergrad_norm
 (mean L2 norm of the accepted hypergradients of the epoch), solver_residual (mean relative residual
-of the linear solves, NaN for solvers without one), solver_diverged_steps, rejected_hyper_steps,
+of the linear solves, NaN for solvers without one), solver_diverged_steps, rejected_hyper_steps (a
+non-finite hypergradient, or a diverged solve under ``diverged_policy: reject``, the default),
 hyper_steps (counts in this epoch; rejected steps are included in hyper_steps), epoch_time_s,
 num_hparams, and the family's summaries (decay_mean, ...).
 
@@ -165,8 +167,9 @@ class BilevelTrainer:
         metrics = {"epoch": self.epoch, **self._evaluate()}
         metrics.update(stats.summary())
         if stats.rejected:
-            logger.warning("epoch %d: rejected %d of %d hyper steps (non-finite hypergradient; λ kept). Lower "
-                           "inner_lr / hyper_lr or alpha, or add damping", self.epoch, stats.rejected, stats.steps)
+            logger.warning("epoch %d: rejected %d of %d hyper steps (non-finite hypergradient or diverged solve; "
+                           "λ kept). Lower inner_lr / hyper_lr or alpha, or add damping", self.epoch, stats.rejected,
+                           stats.steps)
         metrics["num_hparams"] = self.family.num_hparams
         metrics.update(self.family.summaries(self._params()))
         metrics["epoch_time_s"] = time.perf_counter() - start
@@ -193,7 +196,8 @@ class BilevelTrainer:
         return (*split.fetch(index), index)
 
     def _hyper_step(self, stats: _HyperStats) -> None:
-        """One step on λ with the IFT hypergradient; rejected (λ unchanged) when not finite."""
+        """One step on λ with the IFT hypergradient; rejected (λ unchanged) when not finite, or when the
+        solver diverged and ``config.diverged_policy`` is "reject"."""
         train_batch, val_batch = self._draw(self.data.train), self._draw(self.data.val)
         # Copies of the buffers: BatchNorm running statistics must not move during the HVPs.
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
@@ -204,10 +208,11 @@ class BilevelTrainer:
             lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
             self._params(detach=True), self._detached_hparams(), solver=self.solver, return_info=True,
         )
-        stats.record(info)
-        if not info.finite:
-            logger.debug("epoch %d: rejected a non-finite hypergradient (%s, residual %.3g, diverged %s)",
-                         self.epoch + 1, info.solver, info.residual, info.diverged)
+        rejected = not info.finite or (info.diverged and self.config.diverged_policy == "reject")
+        stats.record(info, rejected)
+        if rejected:
+            logger.debug("epoch %d: rejected a hypergradient (%s, finite %s, residual %.3g, diverged %s)",
+                         self.epoch + 1, info.solver, info.finite, info.residual, info.diverged)
             return
         leaves = family.hparams()
         for name, leaf in leaves.items():
@@ -307,9 +312,9 @@ class _HyperStats:
         self.residuals: list[float] = []
         self.norms: list[Tensor] = []
 
-    def record(self, info) -> None:
+    def record(self, info, rejected: bool) -> None:
         self.steps += 1
-        self.rejected += not info.finite
+        self.rejected += rejected
         self.diverged += info.diverged
         if not math.isnan(info.residual):
             self.residuals.append(info.residual)

@@ -24,6 +24,8 @@ from hybrid_hpo.errors import ConfigError
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
 """Names accepted by ``inner_optimizer`` and ``hyper_optimizer`` (``momentum`` = SGD, momentum 0.9)."""
+DIVERGED_POLICIES: tuple[str, ...] = ("reject", "apply")
+"""``diverged_policy``: what a hyper step does with a finite hypergradient whose solver diverged."""
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -44,7 +46,8 @@ class RunConfig:
     and mirroring; ``distill_per_class``, distilled images per class; ``fixed_dropout``, the drop rate of the ``fixed``
     family, which has no λ: plain training with a fixed L2 ``fixed_decay`` and fixed dropout). Hypergradient: ``solver`` with
     ``terms`` (Neumann K / CG iterations), ``alpha`` (Neumann step, a number or "auto"), ``damping``,
-    ``rank`` (Nyström).
+    ``rank`` (Nyström), ``diverged_policy`` (a finite hypergradient from a diverged solve: "reject"
+    the hyper step, the default, or "apply" it).
     Loop (Algorithm 2 of Lorraine et al. 2020): ``inner_steps`` optimizer steps on the weights
     (``inner_optimizer``, ``inner_lr``, mini-batches of ``batch_size``), then one step on λ
     (``hyper_optimizer``, ``hyper_lr``); ``epochs`` passes over the training split.
@@ -60,6 +63,7 @@ class RunConfig:
     alpha: float | str = 0.1
     damping: float = 0.0
     rank: int = 10
+    diverged_policy: str = "reject"
     inner_lr: float = 0.1
     inner_optimizer: str = "momentum"
     hyper_lr: float = 0.03
@@ -134,6 +138,7 @@ class RunConfig:
         if not (math.isfinite(self.damping) and self.damping >= 0):
             raise ConfigError(f"damping must be >= 0 (got {self.damping!r}); use 0 for none or e.g. 1e-2")
         _at_least("rank", self.rank, 1)
+        _choice("diverged_policy", self.diverged_policy, DIVERGED_POLICIES)
         _positive("inner_lr", self.inner_lr)
         _positive("hyper_lr", self.hyper_lr)
         _positive("init_decay", self.init_decay)

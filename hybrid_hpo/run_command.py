@@ -14,6 +14,7 @@ import sys
 import typing
 from typing import Any
 
+from hybrid_hpo.checks import check_device, check_output_file, check_writable
 from hybrid_hpo.config import RunConfig
 
 _DIAGNOSTICS = (  # (metrics key, header, format) after the split metrics
@@ -84,13 +85,19 @@ def _json_ready(metrics: dict[str, float]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler: build the config, train, print the table and the final test metrics."""
+    """Handler: build the config, check the device and the output paths (before any training), train,
+    print the table and the final test metrics."""
     from tqdm.auto import tqdm
 
     from hybrid_hpo.bilevel import BilevelTrainer
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     config = RunConfig.from_mapping(values)
+    check_device(config.device)
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.pictures:
+        check_writable(args.pictures, "--pictures")
     trainer = BilevelTrainer(config)
     columns = table_columns(trainer.metric_names())
     if not args.quiet:

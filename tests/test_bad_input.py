@@ -7,6 +7,9 @@ line, expected text); ``{tmp}`` in the command line is the test's folder.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
 from pathlib import Path
 
 import optuna
@@ -48,15 +51,61 @@ ROWS = [
     ("zero_samples", SEARCH, [*STORAGE, "--num-samples", "0"], "--num-samples: must be >= 1 (got 0)"),
     ("test_metric", "metric: test_acc\nmode: max\n" + SEARCH, STORAGE, "metric: test_acc would tune on the test set"),
     ("negative_max_failures", "max_failures: -1\n" + SEARCH, STORAGE, "max_failures: Input should be greater than"),
+    # issue 14: values that used to fail every trial after Ray started, and inputs that used to hang or trace back
+    ("duplicate_key", "seed: 1\n" + SEARCH + "seed: 2\n", STORAGE, "invalid YAML at line 4, column 1: duplicate key 'seed'"),
+    ("bool_is_not_an_int", "num_trials: true\n" + SEARCH, STORAGE, "num_trials: Input should be a valid integer (got True)"),
+    ("negative_sampler_seed", "seed: -1\n" + SEARCH, STORAGE, "seed: Input should be greater than or equal to 0"),
+    ("empty_train_split", "task: {val_fraction: 0.9999}\n" + SEARCH, STORAGE,
+     "task.val_fraction: 0.9999 leaves no training examples out of 1437"),
+    ("searched_split_empty", "search:\n  val_fraction: {type: uniform, low: 0.2, high: 0.9999}\n", STORAGE,
+     "search.val_fraction: 0.9999 leaves no training examples out of 1437; use a smaller value, e.g. 0.2 (at "),
+    ("train_size_too_large", "task: {train_size: 5000}\n" + SEARCH, STORAGE, "task.train_size: 5000 exceeds the"),
+    ("gpu_nan", "resources: {gpu: .nan}\n" + SEARCH, STORAGE, "resources.gpu: must be 'auto' or a number >= 0 (got nan)"),
+    ("more_cpus_than_the_machine", "resources: {cpu: 100000}\n" + SEARCH, STORAGE,
+     "resources.cpu: a trial needs 100000 CPUs but the cluster has"),
+    ("cuda_without_gpu", "task: {device: 'cuda:99'}\n" + SEARCH, STORAGE, "task.device: cuda:99 requested but"),
+    ("spec_not_utf8", SEARCH, STORAGE, "spec.yaml: not UTF-8 text"),
+    ("spec_binary", SEARCH, STORAGE, "spec.yaml: a binary file (NUL bytes)"),
+    ("spec_fifo", SEARCH, STORAGE, "spec.yaml: not a regular file"),
+    ("spec_too_large", SEARCH, STORAGE, "bytes is too large for a spec"),
+    ("spec_deep_nesting", "task: {hidden: " + "[" * 3000 + "]" * 3000 + "}\n" + SEARCH, STORAGE,
+     "spec.yaml: nested deeper than 20 levels"),
+    ("spec_alias_bomb", "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else 'x'}]\n" for i in range(8))
+     + "task: {hidden: *l7}\n" + SEARCH, STORAGE, "spec.yaml: expands to more than 100,000 values (YAML aliases)"),
+    ("storage_in_memory", SEARCH, ["--storage", "sqlite://"], "--storage: 'sqlite://' is an in-memory SQLite database"),
+    ("storage_parent_is_a_file", SEARCH, ["--storage", "sqlite:///{tmp}/a-file/study.db"],
+     "--storage: {tmp}/a-file cannot be created: {tmp}/a-file is a file, not a folder"),
+    ("storage_not_sqlite", SEARCH, ["--storage", "sqlite:///{tmp}/notes.txt"], "--storage: {tmp}/notes.txt is not a SQLite"),
+    ("corrupt_sweep_json", SEARCH, ["--resume", "--results-dir", "{tmp}/old"],
+     "--resume: {tmp}/old/sweep.json is unreadable or corrupt (JSONDecodeError)"),
+    ("address_auto_without_cluster", SEARCH, [*STORAGE, "--address", "auto"], "--address: auto found no Ray cluster"),
+    ("address_ipv6_nothing_answers", SEARCH, [*STORAGE, "--address", "[::1]:1"], "--address: nothing answers at [::1]:1"),
 ]
 
 
-def _setup(row_id: str, tmp: Path) -> None:
+def _setup(row_id: str, tmp: Path, monkeypatch) -> None:
     if row_id == "study_with_other_space":  # a study of another sweep (other space) under that name
         study = optuna.create_study(storage=f"sqlite:///{tmp}/study.db", study_name="taken")
         study.set_user_attr("search_space", {"hyper_lr": "{}"})
-    elif row_id == "results_dir_unwritable":
+    elif row_id in ("results_dir_unwritable", "storage_parent_is_a_file"):
         (tmp / "a-file").write_text("not a folder")
+    elif row_id == "spec_not_utf8":
+        (tmp / "spec.yaml").write_bytes(b"name: caf\xe9\n" + SEARCH.encode())
+    elif row_id == "spec_binary":
+        (tmp / "spec.yaml").write_bytes(SEARCH.encode() + b"\0\0")
+    elif row_id == "spec_fifo":  # reading a FIFO would block forever
+        (tmp / "spec.yaml").unlink()
+        os.mkfifo(tmp / "spec.yaml")
+    elif row_id == "spec_too_large":
+        (tmp / "spec.yaml").write_text(SEARCH + "# " + "x" * (2 << 20) + "\n")
+    elif row_id == "storage_not_sqlite":
+        (tmp / "notes.txt").write_text("my notes\n")
+    elif row_id == "corrupt_sweep_json":
+        (tmp / "old" / "tune").mkdir(parents=True)
+        (tmp / "old" / "sweep.json").write_text('{"storage": "sqlite:///x.db", "study_na')
+    elif row_id == "address_auto_without_cluster":  # no RAY_ADDRESS and no `ray start` record in RAY_TMPDIR
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        monkeypatch.setenv("RAY_TMPDIR", str(tmp / "ray-tmp"))
 
 
 def _listing(tmp: Path) -> set[str]:
@@ -69,7 +118,7 @@ def test_bad_input_one_line_exit_2_nothing_written(row, tmp_path, monkeypatch, c
     row_id, spec, extra, expected = row
     tmp = tmp_path.resolve()
     (tmp / "spec.yaml").write_text(spec.replace("{tmp}", str(tmp)))
-    _setup(row_id, tmp)
+    _setup(row_id, tmp, monkeypatch)
     monkeypatch.chdir(tmp)  # the default results dir would be ./results
     before = _listing(tmp)
     trials_before = _trials(tmp)
@@ -125,3 +174,87 @@ def test_resume_keeps_a_hidden_password_out_of_sweep_json(tmp_path, monkeypatch,
     (tmp_path / "spec.yaml").write_text(SEARCH)
     assert cli.main(["sweep", str(tmp_path / "spec.yaml"), "--resume", "--results-dir", str(results)]) == 2
     assert "--storage: 'postgresql://hpo:***@db:5432/hpo' was saved without its password" in capsys.readouterr().err
+
+
+def _listener(reply: bytes | None) -> tuple[socket.socket, int]:
+    """A TCP listener on 127.0.0.1 that is not Ray: it sends ``reply`` to each connection (None:
+    says nothing and keeps the connection open)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        held = []
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            if reply is None:
+                held.append(connection)
+            else:
+                connection.sendall(reply)
+                connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+@pytest.mark.parametrize("reply, expected", [
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "answers, but not as a Ray GCS (gRPC)"),
+    (None, "accepts connections but gives no Ray (gRPC) answer within"),
+])
+def test_address_of_a_listener_that_is_not_ray_is_refused_before_anything_is_written(reply, expected, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """A port where something else listens used to hang in ray.init (after the storage was created)."""
+    from hybrid_hpo.tune import sweep
+
+    monkeypatch.setattr(sweep.probe_address, "__defaults__", (0.5,))  # the bound: a silent listener never answers
+    server, port = _listener(reply)
+    (tmp_path / "spec.yaml").write_text(SEARCH)
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli.main(["sweep", "spec.yaml", "--storage", f"sqlite:///{tmp_path}/study.db",
+                         "--address", f"127.0.0.1:{port}"])
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert _listing(tmp_path) == {"spec.yaml"}  # neither the storage nor a results dir
+
+
+def test_download_that_fails_offline_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    """download: true on a machine without internet used to fail every trial after Ray started."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    (tmp_path / "spec.yaml").write_text(f"task: {{dataset: mnist, download: true, data_root: {tmp_path}/data}}\n"
+                                        + SEARCH)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["sweep", "spec.yaml", "--storage", f"sqlite:///{tmp_path}/study.db"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "task.dataset: dataset 'mnist' download failed under" in err and "URLError" in err
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "results").exists()
+
+
+def test_dashboard_on_a_busy_port_is_one_line(tmp_path, capsys):
+    optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        code = cli.main(["dashboard", "--storage", f"sqlite:///{tmp_path}/s.db", "--port", str(busy.getsockname()[1])])
+    finally:
+        busy.close()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is already in use" in err, err
+
+
+def test_dashboard_on_a_file_that_is_not_a_database_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    code = cli.main(["dashboard", "--storage", f"sqlite:///{tmp_path}/notes.txt"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "notes.txt is not a SQLite database" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"

@@ -79,7 +79,8 @@ def test_non_finite_hypergradient_is_rejected(monkeypatch, caplog):
     assert "rejected" in caplog.text
 
 
-def test_diverged_but_finite_steps_are_applied_and_counted(monkeypatch):
+@pytest.mark.parametrize("policy", ["reject", "apply", None])  # None: the default, reject
+def test_diverged_but_finite_steps_follow_the_policy_and_are_counted(monkeypatch, policy):
     real = bilevel.hypergradient
 
     def diverged(*args, **kwargs):
@@ -87,12 +88,16 @@ def test_diverged_but_finite_steps_are_applied_and_counted(monkeypatch):
         return grads, dataclasses.replace(info, diverged=True)
 
     monkeypatch.setattr(bilevel, "hypergradient", diverged)
-    trainer = make(epochs=1)
+    trainer = make(epochs=1, **({} if policy is None else {"diverged_policy": policy}))
     lambdas = {k: t.detach().clone() for k, t in trainer.family.hparams().items()}
     metrics = trainer.train_epoch()
     assert metrics["solver_diverged_steps"] == metrics["hyper_steps"] > 0
-    assert metrics["rejected_hyper_steps"] == 0
-    assert any(not torch.equal(t, lambdas[k]) for k, t in trainer.family.hparams().items())
+    changed = any(not torch.equal(t, lambdas[k]) for k, t in trainer.family.hparams().items())
+    if policy == "apply":
+        assert metrics["rejected_hyper_steps"] == 0 and changed
+    else:
+        assert metrics["rejected_hyper_steps"] == metrics["hyper_steps"] and not changed
+        assert math.isnan(metrics["hypergrad_norm"])
 
 
 def test_state_dict_restore_continues_bit_for_bit():

@@ -44,3 +44,25 @@ def test_bad_value_exits_2_with_one_line(flag, value, field, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and lines[0].startswith("hybrid-hpo run: error:")
     assert captured.out == ""
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--json", "{tmp}/missing/metrics.json"], "--json: the folder {tmp}/missing does not exist"),
+    (["--json", "{tmp}"], "--json: {tmp} is a folder"),
+    (["--pictures", "{tmp}/a-file/pictures"], "--pictures: {tmp}/a-file/pictures cannot be created: {tmp}/a-file is a file"),
+    (["--device", "cuda:99"], "device: cuda:99 requested but"),
+])
+def test_bad_output_paths_and_device_are_refused_before_training(flags, expected, tmp_path, capsys, monkeypatch):
+    """These used to train to the end and then lose the result (or trace back at the first tensor)."""
+    import hybrid_hpo.bilevel
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(hybrid_hpo.bilevel.BilevelTrainer, "__init__", never)
+    (tmp_path / "a-file").write_text("not a folder")
+    tmp = str(tmp_path.resolve())
+    assert main(["run", *SMALL[:-2], *(f.replace("{tmp}", tmp) for f in flags)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected.replace("{tmp}", tmp) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

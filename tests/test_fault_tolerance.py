@@ -213,3 +213,31 @@ def test_non_finite_hypergradient_fails_only_its_trial(ray_session, tmp_path, ca
         else:
             assert trial.state == TrialState.COMPLETE and trial.value == last["val_loss"]
         assert last["training_iteration"] == 2  # it ran to its budget, it did not crash
+
+
+def test_sigterm_stops_the_driver_like_ctrl_c_with_the_resume_hint(tmp_path):
+    """SIGTERM (a scheduler's or `kill`'s stop) used to abort the driver with rc 134 and no hint."""
+    spec = _spec(tmp_path, epochs=100000, trials=1, concurrent=1, every=0)  # cannot finish before the signal
+    results = tmp_path / "results"
+    ray_tmp = tempfile.mkdtemp(prefix="hh", dir="/tmp")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "hybrid_hpo.cli", "sweep", str(spec), "--results-dir",
+                               str(results)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240  # a bound on a stuck start, not a speed requirement
+        while time.monotonic() < deadline and driver.poll() is None and \
+                not any(p.stat().st_size for p in (results / "tune").glob("*/result.json")):
+            time.sleep(0.2)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        os.kill(driver.pid, signal.SIGTERM)
+        driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        kill_all(f"RAY_TMPDIR={ray_tmp}")
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        log.close()
+    output = (tmp_path / "driver.log").read_text()
+    assert driver.returncode == 1, output[-3000:]
+    assert f"interrupted; continue with --resume --results-dir {results}" in output

@@ -1,6 +1,8 @@
 """Each inverse-HVP solver against torch.linalg.solve on random SPD systems, in float64."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -122,6 +124,27 @@ def test_neumann_detects_divergence(matrix):
     assert float(solution.residual) > 1.0
 
 
+def test_neumann_flags_a_too_large_alpha_at_small_terms_where_the_residual_looks_fine(matrix):
+    """α = 0.5 > 2/λ_max = 0.4 at K = 5: the residual is still below 1 and p is 50% off; the curvature
+    the series saw (‖A t_j‖/‖t_j‖ ≤ λ_max) proves α too large and flags it."""
+    v = random_vector()
+    solution = Neumann(terms=5, alpha=0.5).solve(operator(matrix), v)
+    assert float(solution.residual) < 1.0
+    assert relative_error(solution.p, reference(matrix, v)) > 0.3
+    assert bool(solution.diverged)
+
+
+@pytest.mark.parametrize("terms", [1, 2, 5, 20, 400])
+@pytest.mark.parametrize("damping", [0.0, 0.7])
+def test_neumann_never_flags_an_alpha_below_two_over_lambda_max(matrix, terms, damping):
+    alpha = 0.99 * 2 / (5.0 + damping)  # just inside the convergence region of A = H + δI
+    v = random_vector()
+    solution = Neumann(terms=terms, alpha=alpha, damping=damping).solve(operator(matrix), v)
+    assert not bool(solution.diverged)
+    if terms == 400:  # slow (the top mode shrinks by 0.98 per term) but converging
+        assert relative_error(solution.p, reference(matrix, v, damping)) < 1e-2
+
+
 def test_neumann_auto_alpha_converges_where_a_fixed_alpha_diverges():
     matrix = spd(torch.linspace(10.0, 80.0, N))  # α = 0.1 > 2/80 diverges
     v = random_vector()
@@ -156,6 +179,31 @@ def test_nystrom_recovers_a_low_rank_matrix_from_a_few_columns():
     assert relative_error(solution.p, reference(matrix, v, damping=rho)) < 1e-9
     truncated = Nystrom(rank=rank - 1, rho=rho).solve(operator(matrix), v)
     assert relative_error(truncated.p, reference(matrix, v, damping=rho)) > 1e-3
+
+
+def test_exact_flags_a_singular_hessian_with_its_residual():
+    """H singular (a zero eigenvalue) and v partly in its null space: no p solves Hp = v. Exact must
+    report the residual of what it returns and flag it, not hand back a huge p as a solution."""
+    matrix = spd(torch.cat([torch.zeros(1), torch.linspace(0.5, 5.0, N - 1)]))
+    v = random_vector()
+    solution = Exact().solve(operator(matrix), v)
+    assert bool(solution.diverged)
+    assert not float(solution.residual) <= 1e-2  # large, or NaN for an exactly zero pivot
+    damped = Exact(damping=0.1).solve(operator(matrix), v)  # damping makes it solvable
+    assert not bool(damped.diverged) and float(damped.residual) < 1e-12
+    assert relative_error(damped.p, reference(matrix, v, damping=0.1)) < 1e-10
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nystrom_flags_a_non_finite_hessian_instead_of_raising(matrix, bad):
+    poisoned = matrix.clone()
+    poisoned[0, 0] = bad
+    solution = Nystrom(rank=N, rho=0.1).solve(operator(poisoned), random_vector())
+    assert bool(solution.diverged)
+    assert not all(torch.isfinite(t).all() for t in solution.p)
+    healthy = Nystrom(rank=N, rho=0.1).solve(operator(matrix), random_vector())  # the guard changes nothing else
+    assert not bool(healthy.diverged)
+    assert relative_error(healthy.p, reference(matrix, random_vector(), damping=0.1)) < 1e-9
 
 
 def test_dense_matrix_recovers_the_operator(matrix):

@@ -168,3 +168,53 @@ def test_interrupted_sweep_resumes_without_duplicate_trials(ray_session, tmp_pat
     histories = _ray_histories(results / "tune")
     assert len(histories) == 4
     _check_study(url, meta["study_name"], histories)
+
+
+def test_trial_that_the_cluster_cannot_place_stops_the_sweep_with_a_message(ray_session, tmp_path, capsys):
+    """One CPU of the 2-CPU test Ray is held by another job, so a trial asking for 2 CPUs passes the
+    resource check (the cluster has 2) but can never start: with pending_timeout_s set tiny, the
+    sweep stops with one line instead of waiting forever."""
+    @ray_session.remote(num_cpus=1)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray_session.get(holder.ready.remote())
+    spec = SPEC.replace("max_concurrent: 2", "max_concurrent: 1\nresources: {cpu: 2, gpu: 0}\npending_timeout_s: 0.001")
+    (tmp_path / "tiny.yaml").write_text(spec)
+    try:
+        code = cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(tmp_path / "res")])
+    finally:
+        ray_session.kill(holder)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "waited PENDING for more than 0.001 s with no trial running: the cluster cannot place" in captured.err
+    assert "interrupted; continue with --resume" in captured.out
+
+
+def test_a_ray_gcs_passes_the_address_probe(ray_session):
+    from hybrid_hpo.tune.sweep import probe_address
+
+    probe_address(ray_session.get_runtime_context().gcs_address)  # raises ConfigError when not answered as Ray
+
+
+def test_a_full_disk_gives_one_line_with_the_resume_hint(ray_session, tmp_path, monkeypatch, capsys):
+    """ENOSPC while the sweep writes its files: one line naming the disk and the resume command."""
+    import errno
+    import pathlib
+
+    real_write = pathlib.Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == "sweep.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    results = tmp_path / "res"
+    assert cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hybrid-hpo sweep: error: disk full"), err
+    assert f"--resume --results-dir {results}" in err

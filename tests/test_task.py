@@ -320,13 +320,13 @@ def test_cli_sweep_checks_the_factory_before_ray_and_writes_nothing(factory_file
 
 def test_shipped_own_task_spec_builds_its_task_and_reports_its_objective(monkeypatch):
     from hybrid_hpo.tune.spec import load_spec
-    from hybrid_hpo.tune.sweep import check_task_factory
+    from hybrid_hpo.tune.sweep import check_trials_can_run
 
     root = Path(__file__).parents[1]
     monkeypatch.chdir(root)
     spec = load_spec(root / "searches" / "own_task.yaml")
     assert spec.fixed_settings()["task"] == f"{root / 'examples' / 'own_task.py'}:make_task"  # made absolute
-    check_task_factory(spec)  # imports the example, builds the diabetes task, checks val_mae is reported
+    check_trials_can_run(spec)  # imports the example, builds the diabetes task, checks val_mae is reported
     trainer = BilevelTrainer(RunConfig.from_mapping({**spec.sample_configs()[0][1], "epochs": 1}))
     assert trainer.data.name == "diabetes" and len(trainer.data.test) == 88
     assert trainer.metric_names()[-2:] == ("test_loss", "test_mae")

@@ -68,15 +68,13 @@ def _results_dir(given: str | None, name: str) -> Path:
 def _preflight(spec, results_dir: Path, address: str | None) -> None:
     """Bad input before anything is written: results dir, Ray address, datasets present offline."""
     from hybrid_hpo.compare.spec import SEARCHED
-    from hybrid_hpo.tune.sweep import check_datasets, check_task_factory, check_writable, probe_address
+    from hybrid_hpo.tune.sweep import check_trials_can_run, check_writable, probe_address
 
     check_writable(results_dir)
-    sweep = spec.sweep_spec(SEARCHED[0], spec.seeds[0])  # the data settings live in task only: one names them all
     if address:
         probe_address(address)
-    else:
-        check_datasets(sweep)
-    check_task_factory(sweep, build=not address)
+    # the data settings live in task only, so one strategy's sweep names every dataset (or the task factory)
+    check_trials_can_run(spec.sweep_spec(SEARCHED[0], spec.seeds[0]), local=not address)
 
 
 def compare(spec, results_dir: Path, *, address: str | None = None, progress: bool = False) -> dict:

@@ -49,7 +49,7 @@ class Strategy(BaseModel):
     sampler and startup trials. ``warm_start``: the search's first trial runs RunConfig's defaults
     of the searched keys (for the hybrid with the settings of ift_defaults: that very run)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     settings: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Distribution] = Field(default_factory=dict)
     sampler: Literal["tpe", "gp"] = "tpe"
@@ -60,7 +60,7 @@ class Strategy(BaseModel):
 class CompareSpec(BaseModel):
     """Task, seeds, budget, selection and the three strategies (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     task: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)

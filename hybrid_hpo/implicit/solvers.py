@@ -78,7 +78,13 @@ class Neumann:
     Costs K products; memory is three tensor lists whatever K is (current term, running sum, HVP).
     residual = ‖(I − αA)^K v‖ / ‖v‖ = α‖A p_{K−1} − v‖/‖v‖, the scaled residual of the series
     one term shorter (free: it is the last term). ``diverged`` when it exceeds 1 — the terms grew
-    instead of shrinking, so α is too large or A is not positive definite — or p is not finite.
+    instead of shrinking, so α is too large or A is not positive definite — or p is not finite,
+    or when the curvature seen by the series already rules out convergence: every product gives the
+    lower bound ‖A t_j‖/‖t_j‖ ≤ |λ|_max(A) (A symmetric), and α·‖A t_j‖/‖t_j‖ ≥ 2 proves
+    |1 − αλ| ≥ 1 for some eigenvalue λ, so the series cannot converge. The terms are a power
+    iteration on I − αA, so the bound sharpens toward |λ|_max along the series: this flags
+    α > 2/λ_max at small K, where the residual alone still looks fine. It costs two norms per
+    term, kept on the device (no host sync).
     """
 
     terms: int = 5
@@ -106,19 +112,23 @@ class Neumann:
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         operator = as_operator(operator)
         alpha = self.step_size(operator, v)
+        tiny = torch.finfo(v[0].dtype).tiny
         term = tl.clone(v)  # (I − αA)^j v
         total = tl.clone(v)  # Σ_{i≤j} (I − αA)^i v
+        curvature = torch.zeros((), dtype=v[0].dtype, device=v[0].device)  # max_j ‖A t_j‖/‖t_j‖ ≤ |λ|_max
         for _ in range(self.terms):
             product = operator.matvec(term)
             if self.damping:
                 tl.axpy_(product, self.damping, term)
+            curvature = torch.maximum(curvature, tl.norm(product) / tl.norm(term).clamp_min(tiny))
             tl.axpy_(term, -alpha, product)
             torch._foreach_add_(total, term)
         p = tl.scale(total, alpha)
-        residual = tl.norm(term) / tl.norm(v).clamp_min(torch.finfo(v[0].dtype).tiny)
+        residual = tl.norm(term) / tl.norm(v).clamp_min(tiny)
         extra = self.power_iters if self.alpha == "auto" else 0
         iterations = _scalar(self.terms + extra, v[0], torch.int64)
-        return Solution(p, iterations, residual, (residual > 1) | ~tl.all_finite(p))
+        too_large_step = alpha * curvature >= 2  # provably |1 − αλ| ≥ 1 for some eigenvalue λ of A
+        return Solution(p, iterations, residual, (residual > 1) | too_large_step | ~tl.all_finite(p))
 
 
 
@@ -219,9 +229,13 @@ class Nystrom:
             w[:, samples] = row[:, index[samples] - lo]
         gram = self.rho * (w + w.T) / 2 + sum(row @ row.T for row in rows)  # ρW + CᵀC, (k, k)
         projection = sum(row @ t.reshape(-1) for row, t in zip(rows, v))  # Cᵀv, (k,)
-        coefficients = torch.linalg.pinv((gram + gram.T) / 2, hermitian=True) @ projection
-        p = [(t - (coefficients @ row).reshape(t.shape)) / self.rho for t, row in zip(v, rows)]
+        # A non-finite Hessian (NaN/inf HVPs) would make pinv's eigensolver raise: solve a harmless
+        # stand-in instead (a device-side select, no host sync) and return a NaN p, flagged diverged.
+        finite = torch.isfinite(gram).all() & torch.isfinite(projection).all()
+        gram = torch.where(finite, (gram + gram.T) / 2, torch.eye(rank, dtype=gram.dtype, device=gram.device))
+        coefficients = torch.linalg.pinv(gram, hermitian=True) @ torch.where(finite, projection, 0.0)
         nan = _scalar(math.nan, v[0])
+        p = [torch.where(finite, (t - (coefficients @ row).reshape(t.shape)) / self.rho, nan) for t, row in zip(v, rows)]
         return Solution(p, _scalar(rank, v[0], torch.int64), nan, ~tl.all_finite(p))
 
 
@@ -229,28 +243,34 @@ class Nystrom:
 class Exact:
     """Dense solve: builds H (P products, batched ``chunk`` at a time) and solves (H + δI) p = v.
 
-    For small problems, tests and diagnostics only: O(P²) memory. residual = ‖(H + δI)p − v‖/‖v‖.
+    For small problems, tests and diagnostics only: O(P²) memory. residual = ‖(H + δI)p − v‖/‖v‖,
+    the true relative residual. ``diverged`` when it exceeds ``max_residual`` (a singular or
+    numerically singular H + δI: the LU solve then returns huge p that does not solve the system;
+    add damping), when the matrix is exactly singular (p is NaN then), or p is not finite.
     """
 
     damping: float = 0.0
     chunk: int = 256
+    max_residual: float = 1e-2
 
     def __post_init__(self) -> None:
         _check(self.damping >= 0, "damping", f"must be >= 0, got {self.damping!r}")
         _check(self.chunk >= 1, "chunk", f"must be >= 1, got {self.chunk!r}")
+        _check(self.max_residual > 0, "max_residual", f"must be > 0, got {self.max_residual!r}")
 
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         operator = as_operator(operator)
         matrix = dense_matrix(operator, v, chunk=self.chunk)
         matrix = matrix + self.damping * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
         flat_v = tl.flatten(v)
-        flat_p = torch.linalg.solve(matrix, flat_v)
+        flat_p, info = torch.linalg.solve_ex(matrix, flat_v)
+        flat_p = torch.where(info == 0, flat_p, math.nan)  # info > 0: an exactly zero pivot
         residual = torch.linalg.vector_norm(matrix @ flat_p - flat_v) / torch.linalg.vector_norm(flat_v).clamp_min(
             torch.finfo(flat_v.dtype).tiny
         )
         p = tl.unflatten(flat_p, v)
         iterations = _scalar(matrix.shape[0], v[0], torch.int64)
-        return Solution(p, iterations, residual, ~tl.all_finite(p))
+        return Solution(p, iterations, residual, ~(residual <= self.max_residual) | ~tl.all_finite(p))
 
 
 def dense_matrix(operator: LinearOperator, like: list[Tensor], chunk: int = 256) -> Tensor:

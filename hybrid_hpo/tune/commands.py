@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hybrid_hpo.checks import check_is_sqlite, check_port_free, is_disk_full
 from hybrid_hpo.errors import ConfigError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -49,7 +50,17 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     plan = plan_sweep(spec, storage=args.storage, study_name=args.study_name, num_samples=args.num_samples,
                       results_dir=args.results_dir, resume=args.resume)
-    outcome = run_sweep(spec, plan, address=args.address, spec_path=str(Path(args.spec).resolve()))
+    try:
+        outcome = run_sweep(spec, plan, address=args.address, spec_path=str(Path(args.spec).resolve()))
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        print(f"hybrid-hpo sweep: error: disk full (No space left on device) while writing the sweep; free space "
+              f"under {plan.results_dir}, then continue with: hybrid-hpo sweep {args.spec} --resume --results-dir "
+              f"{plan.results_dir}", file=sys.stderr)
+        return 1
+    if outcome.stopped_because:
+        print(f"hybrid-hpo sweep: error: {outcome.stopped_because}", file=sys.stderr)
     state = "interrupted; continue with --resume --results-dir " + str(outcome.results_dir) if outcome.interrupted \
         else f"stopped by its time_budget_s ({spec.time_budget_s:g} s)" if outcome.budget_spent else "finished"
     print(f"\nSweep {spec.name} {state}: {len(outcome.rows)} trials, {outcome.errors} errors, "
@@ -72,6 +83,7 @@ def dashboard_command(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ConfigError(f"--storage: no SQLite file at {path}; pass the URL a sweep printed "
                               "(sqlite:////abs/path/optuna.sqlite3)")
+        check_is_sqlite(path, "--storage")
     elif "://" not in storage:
         raise ConfigError(f"--storage: {redact(storage)!r} is not an RDB URL; e.g. sqlite:////abs/path/optuna.sqlite3")
     store = None
@@ -82,6 +94,7 @@ def dashboard_command(args: argparse.Namespace) -> int:
         from optuna.artifacts import FileSystemArtifactStore
 
         store = FileSystemArtifactStore(args.artifact_dir)
+    check_port_free(args.host, args.port)
     if args.host not in _LOOPBACK:
         print(f"hybrid-hpo dashboard: warning: binding {args.host} exposes the study (and writes to it) to "
               "the network without authentication", file=sys.stderr)

@@ -24,7 +24,7 @@ Scalar = Union[bool, int, float, str]
 
 
 class _Distribution(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)  # a bool is no number
 
     def to_optuna(self) -> "BaseDistribution":
         raise NotImplementedError

@@ -276,6 +276,8 @@ def make_search(
         raise ConfigError("space: empty search space; give at least one distribution")
     if mode not in ("min", "max"):
         raise ConfigError(f"mode: {mode!r} is not valid; use 'min' or 'max'")
+    if metric.startswith("test_"):
+        raise ConfigError(f"metric: {metric} would tune on the test set; use val_loss or val_acc")
     distributions = {name: to_optuna_distribution(name, value) for name, value in space.items()}
     return RecordingOptunaSearch(
         space=distributions,

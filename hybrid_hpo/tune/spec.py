@@ -20,6 +20,7 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     max_failures: 2             # a trial whose process dies restarts from its last checkpoint, this often
     time_budget_s: 600          # optional: stop the sweep after this many seconds (running trials stop
                                 # where they are; no new ones start)
+    pending_timeout_s: 600      # stop (with a message) when trials wait PENDING this long and none runs
     initial_points:             # optional warm start: the first trials, at these settings (searched keys;
       - {inner_lr: 0.1, inner_steps: 2}   # a key left out is sampled)
     metric: val_loss            # val_loss, val_acc, or val_<name> of your task's metrics
@@ -34,6 +35,7 @@ one-line :class:`ConfigError` naming the file and the field.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from pathlib import Path
@@ -82,22 +84,23 @@ def absolute_factory(name: Any) -> Any:
 class Resources(BaseModel):
     """Per trial: CPUs (also torch's thread count) and GPUs ("auto": 1 when the cluster has any)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     cpu: float = Field(default=1.0, gt=0)
     gpu: Literal["auto"] | float = Field(default="auto")
 
-    @field_validator("gpu")
+    @field_validator("gpu", mode="before")
     @classmethod
-    def _nonnegative(cls, value: Any) -> Any:
-        if value != "auto" and value < 0:
-            raise ValueError(f"must be 'auto' or a number >= 0 (got {value})")
+    def _auto_or_count(cls, value: Any) -> Any:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value != "auto" and not (number and math.isfinite(value) and value >= 0):
+            raise ValueError(f"must be 'auto' or a number >= 0 (got {value!r}); e.g. gpu: 1, or 0 for none")
         return value
 
 
 class Asha(BaseModel):
     """ASHA early stopping on ``training_iteration`` (epochs): rungs at grace_period * rf^k."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=2.0, gt=1)
 
@@ -105,14 +108,14 @@ class Asha(BaseModel):
 class SweepSpec(BaseModel):
     """One sweep: fixed settings, search space, budget, resources, objective (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     task: dict[str, Any] = Field(default_factory=dict)
     inner: dict[str, Any] = Field(default_factory=dict)
     solver: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Distribution]
     sampler: Literal["tpe", "gp"] = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(default=0, ge=0, lt=2**32)  # the sampler's seed (numpy's range)
     startup_trials: int | None = Field(default=None, ge=0)
     num_trials: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
@@ -122,6 +125,7 @@ class SweepSpec(BaseModel):
     checkpoint_every: int = Field(default=5, ge=0)
     max_failures: int = Field(default=2, ge=0)  # restarts of a trial whose process died (from its checkpoint)
     time_budget_s: float | None = Field(default=None, gt=0)  # wall-clock limit of the whole sweep (Ray's)
+    pending_timeout_s: float = Field(default=600.0, gt=0)  # stop when trials wait PENDING this long, none running
     initial_points: list[dict[str, Any]] = Field(default_factory=list)  # warm start: the first trials' settings
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
@@ -180,8 +184,29 @@ class SweepSpec(BaseModel):
         return samples
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; a bigger file is a mistake (or an attack)
+MAX_SPEC_DEPTH = 20  # nesting levels of mappings and lists
+MAX_SPEC_NODES = 100_000  # YAML nodes with every alias expanded (an alias bomb expands to billions)
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-3 (no dot) as a float, as YAML 1.2 does."""
+    """SafeLoader that also reads 1e-3 (no dot) as a float, as YAML 1.2 does, and refuses a key
+    given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1}); keep one of them",
+                        key_node.start_mark)
+                if isinstance(key, typing.Hashable):
+                    seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -189,6 +214,44 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
     list("-+0123456789."),
 )
+
+
+def _expanded_size(node: yaml.Node, depth: int, sizes: dict[int, int]) -> int:
+    """Nodes under ``node`` with aliases expanded (memoised per node, so a bomb costs its own size);
+    ValueError past MAX_SPEC_DEPTH or MAX_SPEC_NODES."""
+    if depth > MAX_SPEC_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_SPEC_DEPTH} levels")
+    if id(node) not in sizes:
+        children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else []
+        flat = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+        sizes[id(node)] = 1 + sum(_expanded_size(child, depth + 1, sizes) for child in flat)
+        if sizes[id(node)] > MAX_SPEC_NODES:
+            raise ValueError(f"expands to more than {MAX_SPEC_NODES:,} values (YAML aliases)")
+    return sizes[id(node)]
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file (a FIFO or device would block or never end) of at most
+    MAX_SPEC_BYTES, UTF-8 without NUL bytes; ConfigError otherwise."""
+    import stat
+
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file (a folder, FIFO or device); pass a YAML file")
+        if info.st_size > MAX_SPEC_BYTES:
+            raise ConfigError(f"{path}: {info.st_size:,} bytes is too large for a spec (at most "
+                              f"{MAX_SPEC_BYTES:,}); pass the YAML spec file")
+        data = path.read_bytes()[: MAX_SPEC_BYTES + 1]
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the spec file ({error.strerror}); check the path") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the spec as UTF-8 YAML") from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: a binary file (NUL bytes); pass the YAML spec file")
+    return text
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -205,17 +268,28 @@ _SPEC_KINDS: dict[str, tuple[str, str, str]] = {  # kind -> (its own top-level k
 
 def read_spec_file(path: Path, kind: str) -> dict[str, Any]:
     """The YAML mapping in a ``kind`` file ("sweep" or "comparison"); ConfigError ``<path>:
-    <problem>; <fix>`` when the file cannot be read, is not YAML, is not a mapping, or is the other
-    kind of file (the message names the command that runs it)."""
+    <problem>; <fix>`` when the file cannot be read, is not a small UTF-8 regular file, is not YAML
+    (a duplicate key included), nests or expands (aliases) beyond the limits, is not a mapping, or
+    is the other kind of file (the message names the command that runs it)."""
+    text = _read_text(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the spec file ({error.strerror}); check the path") from None
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+            if root is not None:
+                _expanded_size(root, 0, {})
+            raw = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except (ValueError, RecursionError) as error:
+        problem = error if isinstance(error, ValueError) else f"nested deeper than {MAX_SPEC_DEPTH} levels"
+        raise ConfigError(f"{path}: {problem}; a spec is a small mapping, simplify it") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}; fix the syntax") from None
+        fix = "" if problem.endswith("keep one of them") else "; fix the syntax"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}{fix}") from None
     own_key, keys, _ = _SPEC_KINDS[kind]
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {kind} file must be a mapping of keys ({keys}), got {type(raw).__name__}")

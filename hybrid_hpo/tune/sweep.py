@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -41,10 +42,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hybrid_hpo.config import RunConfig
+from hybrid_hpo.config import RunConfig, field_names
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.artifacts import ARTIFACTS_DIR, redact
-from hybrid_hpo.tune.spec import SweepSpec
+from hybrid_hpo.tune.spec import FIXED_SECTIONS, SweepSpec
 
 METADATA_FILE = "sweep.json"
 EXPERIMENT_NAME = "tune"
@@ -79,6 +80,7 @@ class SweepOutcome:
     interrupted: bool
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # trial id -> every result, in order
     budget_spent: bool = False  # the spec's time_budget_s ended the sweep
+    stopped_because: str | None = None  # why the sweep stopped itself early (trials PENDING too long)
 
 
 def plan_sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str | None = None,
@@ -92,6 +94,10 @@ def plan_sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str |
     if storage is not None and "://" not in storage:
         raise ConfigError(f"--storage: {redact(storage)!r} is not an RDB URL; use e.g. "
                           "sqlite:////abs/path/optuna.sqlite3 or postgresql://user@host:5432/db")
+    if storage is not None:
+        from hybrid_hpo.checks import sqlite_path
+
+        sqlite_path(storage)  # refuses an in-memory SQLite URL
     if resume:
         return _plan_resume(spec, storage, study_name, num_samples, results_dir)
     if results_dir is None:
@@ -114,7 +120,7 @@ def _plan_resume(spec: SweepSpec, storage: str | None, study_name: str | None, n
     results_dir = Path(results_dir).expanduser().resolve()
     if not (results_dir / METADATA_FILE).exists():
         raise ConfigError(f"--resume: {results_dir} holds no {METADATA_FILE}; pass the results dir of an earlier sweep")
-    saved = json.loads((results_dir / METADATA_FILE).read_text())
+    saved = read_metadata(results_dir)
     if num_samples is not None and num_samples != saved["num_samples"]:
         raise ConfigError(f"--num-samples: a resumed sweep keeps its {saved['num_samples']} trials; drop --num-samples")
     if study_name is not None and study_name != saved["study_name"]:
@@ -128,6 +134,22 @@ def _plan_resume(spec: SweepSpec, storage: str | None, study_name: str | None, n
         raise ConfigError(f"--resume: {results_dir / EXPERIMENT_NAME} is missing; Ray never started this sweep, "
                           "run it again without --resume")
     return SweepPlan(results_dir, storage or saved["storage"], saved["study_name"], saved["num_samples"], resume=True)
+
+
+def read_metadata(results_dir: Path) -> dict[str, Any]:
+    """The results dir's sweep.json; ConfigError when it is not the JSON object a sweep wrote."""
+    path = results_dir / METADATA_FILE
+    try:
+        saved = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--resume: {path} is unreadable or corrupt ({type(error).__name__}); restore it from "
+                          "a backup, or start a new sweep in another --results-dir") from None
+    missing = [key for key in ("storage", "study_name", "num_samples") if key not in saved] \
+        if isinstance(saved, dict) else ["a JSON object"]
+    if missing:
+        raise ConfigError(f"--resume: {path} is corrupt (no {missing[0]}); restore it from a backup, or start a "
+                          "new sweep in another --results-dir")
+    return saved
 
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, spec_path: str = "",
@@ -145,34 +167,56 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
     own_ray = not ray.is_initialized()
     if own_ray:
         init_ray(address)
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
+        check_resources(spec, ray.cluster_resources())
         outcome = _fit(spec, plan, storage, spec_path, verbose)
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if own_ray:
             ray.shutdown()
     outcome.wall_s = time.perf_counter() - started
     return outcome
 
 
+def _sigterm_as_sigint(signum: int, frame) -> None:
+    """SIGTERM does what Ctrl-C does: the current SIGINT handler runs (Ray Tune's during ``fit``,
+    which stops the trials and saves the experiment for --resume; else KeyboardInterrupt)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 def preflight(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, check_data: bool = True):
     """Everything checkable before Ray starts; returns the opened Optuna storage (RDBStorage).
 
-    ConfigError (one line, nothing written) for: a results dir that cannot be created or written,
-    nothing answering at ``address``, a storage URL that does not open, a study of that name with
-    a different search space / objective / fixed settings, a dataset missing offline (checked on
-    this machine when no ``address`` is given: on a cluster the data lives on the workers).
+    ConfigError (one line, nothing written) for: no Ray GCS answering at ``address`` (checked
+    first, with a timeout), a results dir that cannot be created or written, a storage that is in
+    memory, whose folder cannot be written or whose file is not SQLite, or that does not open, a
+    study of that name with a different search space / objective / fixed settings, and — for a
+    local Ray (no ``address``), where the trials run on this machine — resources this machine does
+    not have, a missing GPU for ``device: cuda``, and data that does not load or split at some corner
+    of the search space (a dataset missing offline, a download that fails, an empty split). On a
+    cluster only the built-in datasets are checked: the others live on the workers.
     """
+    from hybrid_hpo.checks import check_sqlite_file, check_writable, sqlite_path
     from hybrid_hpo.tune.search import make_storage
 
-    if not plan.resume:
-        check_writable(plan.results_dir)
     if address:
         probe_address(address)
-    if check_data and not address:
-        check_datasets(spec)
-    check_task_factory(spec, build=check_data and not address)
+    if not plan.resume:
+        check_writable(plan.results_dir, "--results-dir")
+    if check_data:
+        check_trials_can_run(spec, local=not address)
+    if not address:
+        check_resources(spec, local_resources())
     if plan.storage is None:
         return None  # a new SQLite file in the (not yet created) results dir: nothing to check
+    database = sqlite_path(plan.storage)
+    if database is not None:
+        check_sqlite_file(database, "--storage")
     storage = make_storage(plan.storage)
     if not plan.resume:
         _check_study(spec, storage, plan.study_name, redact(plan.storage))
@@ -180,53 +224,73 @@ def preflight(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, c
 
 
 def check_writable(results_dir: Path) -> None:
-    """The nearest existing folder of ``results_dir`` is a folder we can write (a probe file is
-    created and removed there, so read-only mounts are caught even for root)."""
-    import tempfile
+    """The results dir can be created and written (see :func:`hybrid_hpo.checks.check_writable`)."""
+    from hybrid_hpo.checks import check_writable as check
 
-    existing = results_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"--results-dir: {results_dir} cannot be created: {existing} is a file, not a folder; "
-                          "choose another directory")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as error:
-        raise ConfigError(f"--results-dir: {results_dir} is not writable ({error.strerror} in {existing}); "
-                          "choose a writable directory") from None
+    check(results_dir, "--results-dir")
 
 
-def check_datasets(spec: SweepSpec) -> None:
-    """Load each non-generated dataset the sweep uses (fixed or searched) once, offline."""
-    from hybrid_hpo.data import load_dataset
+def check_trials_can_run(spec: SweepSpec, local: bool = True) -> None:
+    """Every corner of the search space loads and splits its data as its trial will (each distinct
+    data setting once); ``local`` (trials run on this machine) also checks the torchvision datasets
+    (downloading them when ``download`` is set) and that ``device: cuda`` has a GPU. A sweep of
+    one's own task (``task.factory``) builds the task at every corner on this machine and checks it
+    reports the objective (:func:`hybrid_hpo.task.check_task`); on a cluster, where its data may
+    live on the workers only, the factory's import is what is checked."""
+    from hybrid_hpo.checks import check_data_split, check_device
+    from hybrid_hpo.task import check_task, load_factory
 
-    fixed = RunConfig.from_mapping(spec.fixed_settings())
-    searched = spec.search.get("dataset")
-    names = set(getattr(searched, "values", ())) if searched is not None else {fixed.dataset}
-    if fixed.download:
-        return  # the trials download; nothing to check here
-    for name in sorted(names - set(OFFLINE_DATASETS)):
+    checked = set()
+    for label, values in spec.sample_configs():
+        config = RunConfig.from_mapping(values)
+        if local:
+            check_device(config.device, _field(spec, "device"))
+        if config.task is not None:
+            if local:
+                check_task(config, spec.metric)
+            else:
+                load_factory(config.task)
+            continue
+        data = (config.dataset, config.val_fraction, config.seed, config.train_size, config.val_size,
+                config.imbalance, config.data_root, config.download)
+        if data in checked or (not local and config.dataset not in OFFLINE_DATASETS + ("text",)):
+            continue
+        checked.add(data)
         try:
-            load_dataset(name, val_fraction=0.5, root=fixed.data_root, download=False)
+            check_data_split(config)
         except ConfigError as error:
+            match = re.match(r"(\w+): ", str(error))
+            if match and match.group(1) in field_names():
+                raise ConfigError(f"{_field(spec, match.group(1))}: {str(error)[match.end():]} (at {label})") from None
             raise ConfigError(f"task.dataset: {error}") from None
 
 
-def check_task_factory(spec: SweepSpec, build: bool = True) -> None:
-    """A sweep of one's own task: import its factory and (``build``) make the task once on this
-    machine, with the fixed settings and every searched key at its low corner, checking that it
-    reports the objective. Nothing to do for the built-in tasks (:func:`check_datasets`)."""
-    from hybrid_hpo.task import check_task, load_factory
+def _field(spec: SweepSpec, key: str) -> str:
+    """The spec field that sets RunConfig key ``key`` (``search.x``, ``task.x``, ...), for messages."""
+    if key in spec.search:
+        return f"search.{key}"
+    for section in FIXED_SECTIONS:
+        if key in getattr(spec, section) or (section, key) == ("solver", "solver"):
+            return f"{section}.{key}"
+    return f"task.{key}"
 
-    _, values = spec.sample_configs()[0]
-    config = RunConfig.from_mapping(values)
-    if config.task is None:
-        return
-    if not build:  # on a cluster the data may live on the workers only: the import is what we can check
-        load_factory(config.task)
-        return
-    check_task(config, spec.metric)
+
+def local_resources() -> dict[str, float]:
+    """What the local Ray a sweep starts will have: every CPU of this machine and its visible GPUs."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}
+
+
+def check_resources(spec: SweepSpec, cluster: dict[str, float]) -> None:
+    """One trial's resources fit the cluster (Ray's ``cluster_resources()``), else its trials would
+    wait PENDING forever; ConfigError naming ``resources``."""
+    needed = trial_resources(spec, cluster)
+    for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
+        have = cluster.get(name, 0.0)
+        if needed[key] > have:
+            raise ConfigError(f"resources.{key}: a trial needs {needed[key]:g} {name}s but the cluster has "
+                              f"{have:g}; lower resources.{key} (or add nodes) so trials can start")
 
 
 def _check_study(spec: SweepSpec, storage, study_name: str, shown_url: str) -> None:
@@ -266,6 +330,10 @@ def init_ray(address: str | None) -> None:
     import ray
 
     if address:
+        resolved = resolve_address(address)
+        if resolved is not None:  # "auto" as found by preflight, never Ray's own "any local Ray" search
+            host, port = resolved
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             ray.init(address=address, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as error:
@@ -276,16 +344,52 @@ def init_ray(address: str | None) -> None:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1")
 
 
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+
+
+def resolve_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``--address``: HOST:PORT, [IPv6]:PORT, or ``auto`` (RAY_ADDRESS, else the
+    cluster ``ray start`` last started on this machine; never "any Ray process found", which could
+    be another user's). None for a Ray Client ``ray://`` address (left to ray.init)."""
+    if address.startswith("ray://"):
+        return None
+    if address == "auto":
+        from ray._private.utils import read_ray_address
+
+        found = os.environ.get("RAY_ADDRESS") or read_ray_address(None)
+        if not found or found == "auto":
+            raise ConfigError("--address: auto found no Ray cluster on this machine (no RAY_ADDRESS and no cluster "
+                              "started with ray start); start one (ray start --head) or pass HOST:PORT")
+        address = found
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([\w.\-]+):(\d+)", address)
+    if match is None:
+        raise ConfigError(f"--address: {address!r} is not HOST:PORT; e.g. 10.0.0.1:6379, [::1]:6379 or auto")
+    host, port = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+    return host, int(port)
+
+
 def probe_address(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on an unreachable HOST:PORT (ray.init would retry for minutes)."""
-    match = re.fullmatch(r"([\w.\-]+):(\d+)", address)
-    if match is None:  # "auto", "ray://...": left to ray.init
+    """Fail fast, with a bound, unless a Ray GCS answers at ``address`` (ray.init would retry for
+    minutes, or hang on a listener that is not Ray): connect, send the HTTP/2 preface, and expect
+    the gRPC server's SETTINGS frame back within ``timeout_s``."""
+    resolved = resolve_address(address)
+    if resolved is None:
         return
+    host, port = resolved
     try:
-        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout_s).close()
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            connection.sendall(_HTTP2_PREFACE)
+            reply = connection.recv(9)
+    except socket.timeout:
+        raise ConfigError(f"--address: {address} accepts connections but gives no Ray (gRPC) answer within "
+                          f"{timeout_s:g} s; it is not a Ray head node: check the port (ray start --head "
+                          "prints it)") from None
     except OSError as error:
         raise ConfigError(f"--address: nothing answers at {address} ({error.strerror or error}); "
                           "start Ray there (ray start --head) or fix the address") from None
+    if len(reply) < 9 or reply[3] != 4:  # a frame header (length 3 bytes, type 1 byte = SETTINGS)
+        raise ConfigError(f"--address: {address} answers, but not as a Ray GCS (gRPC); it is not a Ray head "
+                          "node: check the port (ray start --head prints it)")
 
 
 def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int) -> SweepOutcome:
@@ -293,6 +397,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int
 
     from optuna.trial import TrialState
 
+    from hybrid_hpo.tune.pending import PendingWatchdog
     from hybrid_hpo.tune.search import close_running, make_search, make_storage, storage_url
     from hybrid_hpo.tune.trainable import IFTTrainable
 
@@ -301,6 +406,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int
     storage = storage if storage is not None else make_storage(plan.storage, plan.results_dir)
     url = storage_url(storage) or str(plan.storage)
     trainable = tune.with_resources(IFTTrainable, trial_resources(spec))
+    watchdog = PendingWatchdog(spec.pending_timeout_s)
     if plan.resume:
         tuner = tune.Tuner.restore(str(plan.results_dir / EXPERIMENT_NAME), trainable=trainable,
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
@@ -318,12 +424,13 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int
         }, indent=2) + "\n")
         tuner = tune.Tuner(trainable, param_space=base_config(spec),
                            tune_config=_tune_config(spec, plan, searcher),
-                           run_config=_run_config(spec, plan, verbose))
+                           run_config=_run_config(spec, plan, verbose, watchdog))
     fit_started = time.perf_counter()
     grid = tuner.fit()
     budget_spent = spec.time_budget_s is not None and time.perf_counter() - fit_started >= spec.time_budget_s
     finished = sum(r.metrics.get("done", False) or r.error is not None for r in grid)
-    interrupted = not budget_spent and (finished < len(grid) or len(grid) < plan.num_samples)
+    interrupted = not budget_spent and (finished < len(grid) or len(grid) < plan.num_samples or
+                                        watchdog.message is not None)
     if budget_spent:
         close_running(storage, plan.study_name, TrialState.PRUNED, "stopped by the sweep's time_budget_s")
     elif not interrupted:
@@ -332,7 +439,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int
     histories = {r.metrics.get("trial_id", str(i)): _history(r) for i, r in enumerate(grid)}
     return SweepOutcome(plan.results_dir, url, plan.study_name, rows, wall_s=math.nan,
                         errors=sum(r.error is not None for r in grid), interrupted=interrupted,
-                        histories=histories, budget_spent=budget_spent)
+                        histories=histories, budget_spent=budget_spent, stopped_because=watchdog.message)
 
 
 def _history(result) -> list[dict[str, Any]]:
@@ -354,13 +461,16 @@ def startup_trials(spec: SweepSpec, plan: SweepPlan) -> int:
     return max(2, min(10, plan.num_samples // 2))
 
 
-def trial_resources(spec: SweepSpec) -> dict[str, float]:
-    """CPUs and GPUs per trial; gpu "auto" = 1 when the Ray cluster has a GPU, else 0."""
-    import ray
-
+def trial_resources(spec: SweepSpec, cluster: dict[str, float] | None = None) -> dict[str, float]:
+    """CPUs and GPUs per trial; gpu "auto" = 1 when the cluster (default: Ray's
+    ``cluster_resources()``) has a GPU, else 0."""
     gpu = spec.resources.gpu
     if gpu == "auto":
-        gpu = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        if cluster is None:
+            import ray
+
+            cluster = ray.cluster_resources()
+        gpu = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
     return {"cpu": spec.resources.cpu, "gpu": gpu}
 
 
@@ -378,10 +488,12 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
                            reuse_actors=True, time_budget_s=spec.time_budget_s)
 
 
-def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int):
+def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int, watchdog=None):
+    """Ray's RunConfig; ``watchdog`` (a PendingWatchdog) bounds the wait for trials nobody can place."""
     from ray import tune
 
     return tune.RunConfig(
+        callbacks=[watchdog] if watchdog is not None else None, stop=watchdog.stopper if watchdog else None,
         name=EXPERIMENT_NAME, storage_path=str(plan.results_dir), verbose=verbose,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=spec.checkpoint_every,
                                                 checkpoint_at_end=True),
