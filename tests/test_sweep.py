@@ -164,7 +164,11 @@ def test_interrupted_sweep_resumes_without_duplicate_trials(ray_session, tmp_pat
     before = optuna.load_study(study_name=meta["study_name"], storage=url).trials
     assert 1 <= sum(t.state == TrialState.COMPLETE for t in before) < 4
 
-    assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().out[-2000:]
-    histories = _ray_histories(results / "tune")
+    moved = tmp_path / "moved"  # the results dir moves (a copy to another disk, a renamed folder) before resuming
+    results.rename(moved)
+    assert cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(moved), "--resume"]) == 0, \
+        capsys.readouterr().out[-2000:]
+    assert not results.exists()  # nothing written at the old place
+    histories = _ray_histories(moved / "tune")
     assert len(histories) == 4
-    _check_study(url, meta["study_name"], histories)
+    _check_study(f"sqlite:///{moved}/optuna.sqlite3", meta["study_name"], histories)
