@@ -48,6 +48,8 @@ ROWS = [
     ("zero_samples", SEARCH, [*STORAGE, "--num-samples", "0"], "--num-samples: must be >= 1 (got 0)"),
     ("test_metric", "metric: test_acc\nmode: max\n" + SEARCH, STORAGE, "metric: test_acc would tune on the test set"),
     ("negative_max_failures", "max_failures: -1\n" + SEARCH, STORAGE, "max_failures: Input should be greater than"),
+    ("more_initial_points_than_trials", "num_trials: 2\ninitial_points: [{inner_lr: 0.1}, {inner_lr: 0.2}, {}]\n" + SEARCH,
+     STORAGE, "initial_points: 3 points but only 2 trials (num_trials or --num-samples)"),
 ]
 
 
