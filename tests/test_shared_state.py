@@ -142,18 +142,11 @@ def test_two_drivers_share_a_study_and_a_second_driver_on_a_results_dir_is_refus
 
 @pytest.fixture(scope="module")
 def finished_sweep(ray_session, tmp_path_factory) -> Path:
-    """A finished one-trial sweep whose warm-start point leaves hyper_lr out (it is sampled)."""
+    """A folder with spec.yaml and results/, a finished one-trial sweep of it."""
     folder = tmp_path_factory.mktemp("finished")
-    spec = _spec(folder / "spec.yaml", extra="initial_points: [{inner_lr: 0.05}]")
+    spec = _spec(folder / "spec.yaml")
     assert cli.main(["sweep", str(spec), "--results-dir", str(folder / "results")]) == 0
     return folder
-
-
-def test_initial_point_with_a_key_left_out_is_sampled_in_a_real_sweep(finished_sweep):
-    meta = json.loads((finished_sweep / "results" / "sweep.json").read_text())
-    (trial,) = optuna.load_study(study_name=meta["study_name"], storage=meta["storage"]).trials
-    assert trial.state == TrialState.COMPLETE
-    assert trial.params["inner_lr"] == 0.05 and 1e-3 <= trial.params["hyper_lr"] <= 0.1
 
 
 class _Payload:
