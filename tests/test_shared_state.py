@@ -41,7 +41,7 @@ resources: {{cpu: 1, gpu: 0}}
 checkpoint_every: 0
 {extra}
 """
-WAIT_S = 300  # a bound on waiting for a driver, so a broken driver fails the test instead of hanging it
+WAIT_S = 900  # a bound on waiting for a driver, so a broken driver fails the test instead of hanging it
 
 
 @pytest.fixture(autouse=True)
