@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
-from ray import cloudpickle, tune
+from ray import tune
 
 from hybrid_hpo import cli
-
-cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 
 EPOCHS = 3
 TINY = {"dataset": "digits", "model": "mlp", "hidden": [16], "epochs": EPOCHS, "inner_steps": 4, "terms": 2}
@@ -183,20 +180,18 @@ def test_interrupted_sweep_resumes_without_duplicate_trials(ray_session, tmp_pat
 BUDGET_S = 2.0
 
 
-class _EpochsOutlastTheBudget:
-    """Mixed into IFTTrainable: every epoch takes at least twice the sweep's time budget, so no trial
-    can end before the deadline on any machine (a slow one only ends later)."""
-
-    def step(self):
-        time.sleep(2 * BUDGET_S)
-        return super().step()
-
-
 def test_time_budget_closes_the_trials_it_stopped_as_pruned(ray_session, tmp_path, monkeypatch, capsys):
-    from hybrid_hpo.tune.trainable import IFTTrainable
+    from hybrid_hpo.tune import trainable
 
-    monkeypatch.setattr("hybrid_hpo.tune.trainable.IFTTrainable",
-                        type("IFTTrainable", (_EpochsOutlastTheBudget, IFTTrainable), {}))
+    class IFTTrainable(trainable.IFTTrainable):  # defined here: Ray ships it to its workers by value
+        """Every epoch takes at least twice the sweep's time budget, so no trial can end before the
+        deadline on any machine (a slow one only ends later)."""
+
+        def step(self):
+            time.sleep(2 * BUDGET_S)
+            return super().step()
+
+    monkeypatch.setattr(trainable, "IFTTrainable", IFTTrainable)
     (tmp_path / "tiny.yaml").write_text(SPEC + f"time_budget_s: {BUDGET_S}\n")
     results = tmp_path / "results"
     assert cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(results)]) == 0

@@ -25,16 +25,22 @@ def make_token_private() -> Path | None:
     if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN"):
         return None
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or default_token_path()).expanduser()
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # created meanwhile (another driver); tightened below
-        else:
-            with os.fdopen(fd, "w") as handle:  # Ray's own format: 256 random bits as hex
-                handle.write(secrets.token_hex(32))
+    create_secret_file(path)
     info = path.stat()
     if info.st_uid == os.getuid() and info.st_mode & 0o077:
         path.chmod(stat.S_IMODE(info.st_mode) & 0o700)
     return path
+
+
+def create_secret_file(path: Path) -> None:
+    """Write 256 random bits as hex (Ray's token format) to ``path`` with mode 600, its folder 700,
+    unless the file exists (another process may create it at the same moment: theirs is kept)."""
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 from ray.tune.search import SearchGenerator
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.tune.ray_token import create_secret_file
 
 SIGNATURE_FILE = "ray-state.sig"
 KEY_FILE = "resume.key"
@@ -50,15 +50,7 @@ def load_key() -> bytes:
     """This user's signing key, created (mode 600, folder 700) if missing; ConfigError when
     another user could read or replace it."""
     path = key_path()
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another driver created it just now
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32) + "\n")
+    create_secret_file(path)
     info = path.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise ConfigError(f"{path}: the resume key is readable or owned by someone else (mode "
