@@ -80,6 +80,8 @@ ROWS = [
      "--resume: {tmp}/old/sweep.json is unreadable or corrupt (JSONDecodeError)"),
     ("address_auto_without_cluster", SEARCH, [*STORAGE, "--address", "auto"], "--address: auto found no Ray cluster"),
     ("address_ipv6_nothing_answers", SEARCH, [*STORAGE, "--address", "[::1]:1"], "--address: nothing answers at [::1]:1"),
+    ("more_initial_points_than_trials", "num_trials: 2\ninitial_points: [{inner_lr: 0.1}, {inner_lr: 0.2}, {}]\n" + SEARCH,
+     STORAGE, "initial_points: 3 points but only 2 trials (num_trials or --num-samples)"),
 ]
 
 

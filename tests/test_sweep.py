@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -62,7 +63,7 @@ def _ray_histories(experiment_dir: Path) -> dict[str, list[dict]]:
 
 
 def test_cli_sweep_records_every_trial_once(ray_session, tmp_path, capsys):
-    (tmp_path / "tiny.yaml").write_text(SPEC)
+    (tmp_path / "tiny.yaml").write_text(SPEC + "initial_points: [{inner_lr: 0.05}]\n")  # hyper_lr left out: sampled
     results = tmp_path / "results"
     code = cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(results), "--num-samples", "3"])
     out = capsys.readouterr().out
@@ -74,6 +75,8 @@ def test_cli_sweep_records_every_trial_once(ray_session, tmp_path, capsys):
     histories = _ray_histories(results / "tune")
     assert all(len(h) == EPOCHS for h in histories.values())
     _check_study(url, meta["study_name"], histories)
+    first = optuna.load_study(study_name=meta["study_name"], storage=url).trials[0]
+    assert first.params["inner_lr"] == 0.05 and 1e-3 <= first.params["hyper_lr"] <= 0.1
     best = min(histories, key=lambda i: histories[i][-1]["val_loss"])
     table = out[out.index("Best trials by val_loss"):].splitlines()
     assert table[2].split()[0] == best  # first row under the header is the best trial
@@ -164,10 +167,39 @@ def test_interrupted_sweep_resumes_without_duplicate_trials(ray_session, tmp_pat
     before = optuna.load_study(study_name=meta["study_name"], storage=url).trials
     assert 1 <= sum(t.state == TrialState.COMPLETE for t in before) < 4
 
-    assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().out[-2000:]
-    histories = _ray_histories(results / "tune")
+    moved = tmp_path / "moved"  # the results dir moves (a copy to another disk, a renamed folder) before resuming
+    results.rename(moved)
+    assert cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(moved), "--resume"]) == 0, \
+        capsys.readouterr().out[-2000:]
+    assert not results.exists()  # nothing written at the old place
+    histories = _ray_histories(moved / "tune")
     assert len(histories) == 4
-    _check_study(url, meta["study_name"], histories)
+    _check_study(f"sqlite:///{moved}/optuna.sqlite3", meta["study_name"], histories)
+
+
+BUDGET_S = 2.0
+
+
+def test_time_budget_closes_the_trials_it_stopped_as_pruned(ray_session, tmp_path, monkeypatch, capsys):
+    from hybrid_hpo.tune import trainable
+
+    class IFTTrainable(trainable.IFTTrainable):  # defined here: Ray ships it to its workers by value
+        """Every epoch takes at least twice the sweep's time budget, so no trial can end before the
+        deadline on any machine (a slow one only ends later)."""
+
+        def step(self):
+            time.sleep(2 * BUDGET_S)
+            return super().step()
+
+    monkeypatch.setattr(trainable, "IFTTrainable", IFTTrainable)
+    (tmp_path / "tiny.yaml").write_text(SPEC + f"time_budget_s: {BUDGET_S}\n")
+    results = tmp_path / "results"
+    assert cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(results)]) == 0
+    assert f"stopped by its time_budget_s ({BUDGET_S:g} s)" in capsys.readouterr().out
+    meta = json.loads((results / "sweep.json").read_text())
+    for trial in optuna.load_study(study_name=meta["study_name"], storage=meta["storage"]).trials:
+        assert trial.state == TrialState.PRUNED  # none left RUNNING, none could complete
+        assert trial.user_attrs["end_reason"] == "stopped by the sweep's time_budget_s"
 
 
 def test_trial_that_the_cluster_cannot_place_stops_the_sweep_with_a_message(ray_session, tmp_path, capsys):

@@ -60,14 +60,27 @@ def test_scheduler_stop_is_pruned_error_and_nan_are_fail(tmp_path):
     assert states["nan"].state == TrialState.FAIL and states["nan"].user_attrs["end_reason"] == "val_loss is nan"
 
 
-def test_close_running_closes_only_running_trials(tmp_path):
+def test_close_running_closes_only_this_sweeps_running_trials(tmp_path):
     search = _search(tmp_path)
+    other = make_search(search._space, "val_loss", "min", storage=search.study._storage,
+                        study_name=search.study.study_name, seed=1)  # a second driver on the same study
+    assert other.sweep_id != search.sweep_id
     search.suggest("done")
     search.on_trial_complete("done", _result(2, 0.3))
     search.suggest("orphan")
-    assert close_running(search.study._storage, search.study.study_name) == 1
-    states = [t.state for t in search.study.get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    other.suggest("live")  # the other driver's trial, still running
+    assert close_running(search.study._storage, search.study.study_name, search.sweep_id) == 1
+    states = {t.user_attrs["ray_trial_id"]: (t.state, t.user_attrs["sweep_id"]) for t in search.study.get_trials()}
+    assert states == {"done": (TrialState.COMPLETE, search.sweep_id), "orphan": (TrialState.FAIL, search.sweep_id),
+                      "live": (TrialState.RUNNING, other.sweep_id)}
+    other.on_trial_complete("live", _result(2, 0.4))  # the other driver can still tell its trial
+    assert [t.state for t in other.study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_initial_point_with_a_key_left_out_is_sampled(tmp_path):
+    search = _search(tmp_path, points_to_evaluate=[{"inner_lr": 0.05}])
+    config = search.suggest("warm")
+    assert config["inner_lr"] == 0.05 and 1 <= config["terms"] <= 8
 
 
 def test_space_accepts_ours_ray_domains_and_optuna_distributions(tmp_path):

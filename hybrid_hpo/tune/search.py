@@ -8,6 +8,8 @@ Tune routes straight to ``on_trial_complete`` — and ``on_trial_complete`` call
 - the last epoch's intermediate value, so every epoch 1..E of the objective is in the study;
 - every other numeric metric of the final result (test_acc, test_loss, val_acc, hypergrad_norm,
   solver diagnostics, time_total_s, ...) and the Ray trial id as trial user attributes;
+- the searcher's ``sweep_id`` on every trial it asks for (user attribute), so a driver closes only
+  its own trials when several drivers share one study (:func:`close_running`);
 - an honest state: COMPLETE when the trial ran to its budget, PRUNED when a scheduler (ASHA)
   stopped it early, FAIL when it errored or the objective is not finite (Ray's version leaves such
   a trial RUNNING forever because ``tell`` raises);
@@ -21,7 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLERS: tuple[str, ...] = ("tpe", "gp")
 STORAGE_FILENAME = "optuna.sqlite3"
+SWEEP_ID_ATTR = "sweep_id"  # trial user attribute: the sweep (results dir) whose driver asked for the trial
 
 # Ray's bookkeeping keys in a result: not metrics, so not user attributes.
 _RAY_BOOKKEEPING = frozenset(
@@ -77,7 +81,7 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, results_dir:
     if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        rdb = optuna.storages.RDBStorage(storage)
+        rdb = RelocatableRDBStorage(storage)
     except Exception as error:  # SQLAlchemy raises many types for a bad URL or driver
         reason = str(error).replace(storage, redact(storage)).strip().splitlines()[0]
         raise ConfigError(f"storage: cannot open {redact(storage)!r} ({type(error).__name__}: {reason}); "
@@ -85,6 +89,30 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, results_dir:
     if rdb.engine.name == "sqlite" and storage != "sqlite:///:memory:":
         _fast_sqlite(rdb)
     return rdb
+
+
+_MOVED_URLS: dict[str, str] = {}
+
+
+class RelocatableRDBStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose unpickled copies (in Ray's pickled searcher) open the URL that
+    :func:`storage_moved` maps theirs to: a results dir with its SQLite file moved between a sweep
+    and its resume. (RDBStorage connects while it is unpickled, so this cannot wait until after.)"""
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        state["url"] = _MOVED_URLS.get(state["url"], state["url"])
+        super().__setstate__(state)
+
+
+@contextmanager
+def storage_moved(old_url: str | None, new_url: str) -> Iterator[None]:
+    """While the ``with`` block runs, storages unpickled with ``old_url`` open ``new_url``."""
+    if old_url is not None and old_url != new_url:
+        _MOVED_URLS[old_url] = new_url
+    try:
+        yield
+    finally:
+        _MOVED_URLS.pop(old_url or "", None)
 
 
 def _fast_sqlite(storage: optuna.storages.RDBStorage) -> None:
@@ -150,8 +178,10 @@ class RecordingOptunaSearch(OptunaSearch):
     ``epochs``); a trial that ends before its budget was stopped by a scheduler and is told PRUNED.
     """
 
-    def __init__(self, *args: Any, budget_key: str | None = "epochs", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, budget_key: str | None = "epochs", sweep_id: str | None = None,
+                 **kwargs: Any) -> None:
         self._budget_key = budget_key
+        self.sweep_id = sweep_id or uuid.uuid4().hex  # pickled with the searcher: a resumed sweep keeps it
         self._reported_step: dict[str, int] = {}
         self._experiment_dir: str | None = None
         self._artifact_dir: str | None = None
@@ -170,6 +200,7 @@ class RecordingOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if config is not None:
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            self._ot_trials[trial_id].set_user_attr(SWEEP_ID_ATTR, self.sweep_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -227,18 +258,21 @@ class RecordingOptunaSearch(OptunaSearch):
         return TrialState.COMPLETE, ""
 
 
-def close_running(storage: optuna.storages.BaseStorage, study_name: str, state: TrialState = TrialState.FAIL,
+def close_running(storage: optuna.storages.BaseStorage, study_name: str, sweep_id: str,
+                  state: TrialState = TrialState.FAIL,
                   reason: str = "sweep interrupted before Ray recorded this trial") -> int:
-    """Mark the study's RUNNING trials ``state`` (``end_reason`` = ``reason``); return how many.
+    """Mark the study's RUNNING trials of sweep ``sweep_id`` ``state`` (``end_reason`` = ``reason``);
+    return how many. Trials of other drivers sharing the study are not touched.
 
-    Call it only when Ray has finished every trial of the sweep. A trial still RUNNING then is
+    Call it only when Ray has finished every trial of the sweep. A trial of the sweep still RUNNING then is
     either one the searcher asked Optuna for after Ray's last experiment checkpoint before an
     interruption (the restored searcher does not know it; Ray suggests a fresh trial in its place),
     which is FAIL, or one the sweep's time budget stopped before its searcher heard the end, which
     the sweep closes as PRUNED. Without this it would stay RUNNING in the study forever.
     """
     study_id = storage.get_study_id_from_name(study_name)
-    stale = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [trial for trial in running if trial.user_attrs.get(SWEEP_ID_ATTR) == sweep_id]
     for trial in stale:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "end_reason", reason)
@@ -258,6 +292,7 @@ def make_search(
     n_startup_trials: int | None = None,
     results_dir: str | Path = "results",
     points_to_evaluate: list[dict[str, Any]] | None = None,
+    sweep_id: str | None = None,
 ) -> RecordingOptunaSearch:
     """An OptunaSearch over ``space`` backed by a real Optuna storage, recording test metrics.
 
@@ -270,6 +305,7 @@ def make_search(
     n_startup_trials: random trials before the model kicks in (the sampler's default if None).
     points_to_evaluate: warm start: settings of the first trials (enqueued in the study; a searched
         key left out is sampled).
+    sweep_id: recorded on every trial this searcher asks for (default: a new random id).
     The study is created (or loaded, if the name exists) in the storage right away.
     """
     if not space:
@@ -279,12 +315,16 @@ def make_search(
     if metric.startswith("test_"):
         raise ConfigError(f"metric: {metric} would tune on the test set; use val_loss or val_acc")
     distributions = {name: to_optuna_distribution(name, value) for name, value in space.items()}
-    return RecordingOptunaSearch(
+    searcher = RecordingOptunaSearch(
         space=distributions,
         metric=metric,
         mode=mode,
         sampler=make_sampler(sampler, seed, n_startup_trials),
         study_name=study_name or default_study_name(),
         storage=make_storage(storage, results_dir),
-        points_to_evaluate=points_to_evaluate or None,
+        sweep_id=sweep_id,
     )
+    # Enqueued here, not through Ray's points_to_evaluate (which refuses a point without every key).
+    for point in points_to_evaluate or ():
+        searcher.study.enqueue_trial(point)
+    return searcher

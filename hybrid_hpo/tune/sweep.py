@@ -2,10 +2,13 @@
 
 Results directory (default ``results/<name>-<YYYYmmdd-HHMMSS>``)::
 
-    sweep.json        what --resume and people need: spec, storage URL (password hidden), study name
+    sweep.json        what --resume and people need: spec (path and content), storage URL (password
+                      hidden), study name, sweep id, where the results dir was created
     optuna.sqlite3    the default Optuna storage (unless --storage names another)
     artifacts/        trial pictures as Optuna artifacts (``hybrid-hpo dashboard --artifact-dir``)
     tune/             Ray Tune's experiment: per-trial result.json, checkpoints, experiment state
+    driver.lock       held by the running driver (:mod:`hybrid_hpo.tune.lock`): one driver per dir
+    ray-state.sig     digests of Ray's pickles, checked before --resume unpickles them (:mod:`hybrid_hpo.tune.trust`)
 
 Before Ray starts, :func:`preflight` checks what can be checked without it (results dir writable,
 ``--address`` answering, the storage opening, an existing study's search space, datasets present
@@ -24,9 +27,13 @@ so its Optuna trial is told once.
 Resume (``Tuner.restore``): trials that finished keep their results and are not re-run;
 unfinished trials continue from their last checkpoint (every ``checkpoint_every`` epochs) or
 restart; trials not yet created are created until ``num_trials``. Errored trials stay errored
-(their Optuna trial is FAIL already). The searcher comes back from Ray's pickle, so it keeps its
-Optuna trials and the study gets no duplicates; an Optuna trial asked for after Ray's last
-experiment checkpoint is marked FAIL at the end (see ``close_running``).
+(their Optuna trial is FAIL already). The searcher comes back from Ray's pickle (after
+:func:`hybrid_hpo.tune.trust.verify`), so it keeps its Optuna trials and the study gets no
+duplicates; it is pointed at this driver's storage and folders (a moved results dir works). An
+Optuna trial asked for after Ray's last experiment checkpoint is marked FAIL at the end (see
+``close_running``: only trials carrying this sweep's ``sweep_id``, so other drivers sharing the
+study are left alone). The spec must be the one the sweep started with (``resources`` and
+``name`` may change).
 """
 from __future__ import annotations
 
@@ -37,8 +44,10 @@ import re
 import signal
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +74,8 @@ class SweepPlan:
     study_name: str
     num_samples: int
     resume: bool
+    sweep_id: str = ""  # on every Optuna trial this sweep asks for (user attribute sweep_id)
+    storage_moved_from: str | None = None  # resume: the default storage's URL before the results dir moved
 
 
 @dataclass
@@ -103,15 +114,26 @@ def plan_sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str |
     if results_dir is None:
         results_dir = Path("results") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     results_dir = Path(results_dir).expanduser().resolve()
+    check_no_sweep(results_dir)
+    num_samples = num_samples or spec.num_trials
+    if len(spec.initial_points) > num_samples:
+        raise ConfigError(f"initial_points: {len(spec.initial_points)} points but only {num_samples} trials "
+                          "(num_trials or --num-samples); give at most that many points or more trials")
+    return SweepPlan(results_dir, storage, study_name or default_study_name(spec.name), num_samples,
+                     resume=False, sweep_id=uuid.uuid4().hex)
+
+
+def check_no_sweep(results_dir: Path) -> None:
+    """A new sweep does not write into a results dir that holds one."""
     if (results_dir / METADATA_FILE).exists():
         raise ConfigError(f"--results-dir: {results_dir} already holds a sweep; add --resume to continue it "
                           "or choose another directory")
-    return SweepPlan(results_dir, storage, study_name or default_study_name(spec.name),
-                     num_samples or spec.num_trials, resume=False)
 
 
 def _plan_resume(spec: SweepSpec, storage: str | None, study_name: str | None, num_samples: int | None,
                  results_dir: str | Path | None) -> SweepPlan:
+    from hybrid_hpo.tune.search import STORAGE_FILENAME, sqlite_url
+
     if results_dir is None:
         candidates = sorted(Path("results").glob(f"{spec.name}-*/{METADATA_FILE}"))
         if not candidates:
@@ -133,7 +155,31 @@ def _plan_resume(spec: SweepSpec, storage: str | None, study_name: str | None, n
     if not (results_dir / EXPERIMENT_NAME).is_dir():
         raise ConfigError(f"--resume: {results_dir / EXPERIMENT_NAME} is missing; Ray never started this sweep, "
                           "run it again without --resume")
-    return SweepPlan(results_dir, storage or saved["storage"], saved["study_name"], saved["num_samples"], resume=True)
+    if "sweep" in saved:
+        differs = spec_differences(saved["sweep"], spec_record(spec))
+        if differs:
+            raise ConfigError(f"--resume: the spec differs from the one this sweep started with in {', '.join(differs)}; "
+                              f"resume with that spec (its content is in {results_dir / METADATA_FILE}) or start a "
+                              "new sweep without --resume")
+    moved_from = None
+    if storage is None and saved.get("results_dir") and \
+            saved["storage"] == sqlite_url(Path(saved["results_dir"]) / STORAGE_FILENAME):
+        storage, moved_from = sqlite_url(results_dir / STORAGE_FILENAME), saved["storage"]  # moves with the dir
+    return SweepPlan(results_dir, storage or saved["storage"], saved["study_name"], saved["num_samples"], resume=True,
+                     sweep_id=saved.get("sweep_id", ""), storage_moved_from=moved_from)
+
+
+def spec_record(spec: SweepSpec) -> dict[str, Any]:
+    """What a resume compares: the whole spec but ``resources`` and ``name`` (those may change), as JSON."""
+    return json.loads(json.dumps(spec.model_dump(mode="json", exclude={"resources", "name"})))
+
+
+def spec_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the fields where two spec records differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [path for key in sorted(set(old) | set(new), key=str)
+                for path in spec_differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def read_metadata(results_dir: Path) -> dict[str, Any]:
@@ -154,27 +200,46 @@ def read_metadata(results_dir: Path) -> dict[str, Any]:
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, spec_path: str = "",
               verbose: int = 1) -> SweepOutcome:
-    """Check the inputs (:func:`preflight`), start (or join, with ``address``) Ray, run the sweep
-    per ``plan``, return the outcome.
+    """Check the inputs (:func:`preflight`), hold the results dir's lock for the whole run (one
+    driver per dir, :mod:`~hybrid_hpo.tune.lock`), verify Ray's state before a resume unpickles it
+    (:mod:`~hybrid_hpo.tune.trust`), start (or join, with ``address``) Ray, run the sweep per
+    ``plan``, return the outcome.
 
     Ray is initialised here only if it is not running in this process yet, and shut down at the
     end only if it was started here.
     """
     import ray
 
+    from hybrid_hpo.tune.lock import results_dir_lock
+    from hybrid_hpo.tune.trust import RayStateSigner, load_key, verify
+
     started = time.perf_counter()
     storage = preflight(spec, plan, address=address)
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        init_ray(address)
-    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
-    try:
-        check_resources(spec, ray.cluster_resources())
-        outcome = _fit(spec, plan, storage, spec_path, verbose)
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        if own_ray:
-            ray.shutdown()
+    key = load_key()
+    created = not plan.results_dir.exists()
+    with results_dir_lock(plan.results_dir):
+        try:
+            if plan.resume:  # before Ray unpickles anything from the results dir
+                signer = RayStateSigner(plan.results_dir, key, verify(plan.results_dir,
+                                                                      plan.results_dir / EXPERIMENT_NAME, key))
+            else:
+                check_no_sweep(plan.results_dir)  # a driver that held the lock just before us may have made one
+                signer = RayStateSigner(plan.results_dir, key)
+            own_ray = not ray.is_initialized()
+            if own_ray:
+                init_ray(address)
+        except ConfigError:
+            if created:
+                remove_lock_only_dir(plan.results_dir)
+            raise
+        previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+        try:
+            check_resources(spec, ray.cluster_resources())
+            outcome = _fit(spec, plan, storage, signer, spec_path, verbose)
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            if own_ray:
+                ray.shutdown()
     outcome.wall_s = time.perf_counter() - started
     return outcome
 
@@ -187,6 +252,15 @@ def _sigterm_as_sigint(signum: int, frame) -> None:
         handler(signal.SIGINT, frame)
     else:
         raise KeyboardInterrupt
+
+
+def remove_lock_only_dir(results_dir: Path) -> None:
+    """Remove a results dir this driver created when it holds nothing but the lock file."""
+    from hybrid_hpo.tune.lock import LOCK_FILE
+
+    if [path.name for path in results_dir.iterdir()] == [LOCK_FILE]:
+        (results_dir / LOCK_FILE).unlink()
+        results_dir.rmdir()
 
 
 def preflight(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, check_data: bool = True):
@@ -329,6 +403,8 @@ def init_ray(address: str | None) -> None:
     127.0.0.1 with every CPU of this machine and no dashboard."""
     import ray
 
+    from hybrid_hpo.tune.ray_token import make_token_private
+
     if address:
         resolved = resolve_address(address)
         if resolved is not None:  # "auto" as found by preflight, never Ray's own "any local Ray" search
@@ -341,6 +417,7 @@ def init_ray(address: str | None) -> None:
             raise ConfigError(f"--address: cannot join Ray at {address!r} ({reason}); check the address "
                               "and that this machine runs the cluster's Ray and Python versions") from None
     else:
+        make_token_private()
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1")
 
 
@@ -392,54 +469,71 @@ def probe_address(address: str, timeout_s: float = 5.0) -> None:
                           "node: check the port (ray start --head prints it)")
 
 
-def _fit(spec: SweepSpec, plan: SweepPlan, storage, spec_path: str, verbose: int) -> SweepOutcome:
+def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verbose: int) -> SweepOutcome:
     from ray import tune
 
     from optuna.trial import TrialState
 
     from hybrid_hpo.tune.pending import PendingWatchdog
-    from hybrid_hpo.tune.search import close_running, make_search, make_storage, storage_url
+    from hybrid_hpo.tune.search import close_running, make_search, make_storage, storage_moved, storage_url
     from hybrid_hpo.tune.trainable import IFTTrainable
+    from hybrid_hpo.tune.trust import signing
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
-    plan.results_dir.mkdir(parents=True, exist_ok=True)
     storage = storage if storage is not None else make_storage(plan.storage, plan.results_dir)
     url = storage_url(storage) or str(plan.storage)
     trainable = tune.with_resources(IFTTrainable, trial_resources(spec))
     watchdog = PendingWatchdog(spec.pending_timeout_s)
+    experiment_dir = plan.results_dir / EXPERIMENT_NAME
+    moved = partial(storage_moved, plan.storage_moved_from, url)
     if plan.resume:
-        tuner = tune.Tuner.restore(str(plan.results_dir / EXPERIMENT_NAME), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+        with moved():  # Ray unpickles the searcher's storage here and again in fit()
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
         searcher = make_search(spec.search, spec.metric, spec.mode, storage=storage, study_name=plan.study_name,
                                sampler=spec.sampler, seed=spec.seed, n_startup_trials=startup_trials(spec, plan),
-                               points_to_evaluate=spec.initial_points)
-        searcher.attach_pictures(plan.results_dir / EXPERIMENT_NAME, plan.results_dir / ARTIFACTS_DIR)
+                               points_to_evaluate=spec.initial_points, sweep_id=plan.sweep_id)
+        searcher.attach_pictures(experiment_dir, plan.results_dir / ARTIFACTS_DIR)
         for key, value in study_signature(spec).items():
             searcher.study.set_user_attr(key, value)
         searcher.study.set_user_attr("spec", spec_path)
         (plan.results_dir / METADATA_FILE).write_text(json.dumps({
             "spec": spec_path, "name": spec.name, "storage": redact(url), "study_name": plan.study_name,
             "num_samples": plan.num_samples, "created": datetime.now().isoformat(timespec="seconds"),
+            "sweep_id": plan.sweep_id, "results_dir": str(plan.results_dir), "sweep": spec_record(spec),
         }, indent=2) + "\n")
         tuner = tune.Tuner(trainable, param_space=base_config(spec),
                            tune_config=_tune_config(spec, plan, searcher),
                            run_config=_run_config(spec, plan, verbose, watchdog))
+        signer.sign_file("tuner.pkl", experiment_dir / "tuner.pkl")
     fit_started = time.perf_counter()
-    grid = tuner.fit()
+    with moved(), signing(signer, on_restore=partial(_follow_move, results_dir=plan.results_dir)):
+        grid = tuner.fit()
     budget_spent = spec.time_budget_s is not None and time.perf_counter() - fit_started >= spec.time_budget_s
     finished = sum(r.metrics.get("done", False) or r.error is not None for r in grid)
     interrupted = not budget_spent and (finished < len(grid) or len(grid) < plan.num_samples or
                                         watchdog.message is not None)
     if budget_spent:
-        close_running(storage, plan.study_name, TrialState.PRUNED, "stopped by the sweep's time_budget_s")
+        close_running(storage, plan.study_name, plan.sweep_id, TrialState.PRUNED, "stopped by the sweep's time_budget_s")
     elif not interrupted:
-        close_running(storage, plan.study_name)
+        close_running(storage, plan.study_name, plan.sweep_id)
     rows = result_rows(grid, spec, budget_spent)
     histories = {r.metrics.get("trial_id", str(i)): _history(r) for i, r in enumerate(grid)}
     return SweepOutcome(plan.results_dir, url, plan.study_name, rows, wall_s=math.nan,
                         errors=sum(r.error is not None for r in grid), interrupted=interrupted,
                         histories=histories, budget_spent=budget_spent, stopped_because=watchdog.message)
+
+
+def _follow_move(generator, results_dir: Path) -> None:
+    """Point a search restored from Ray's pickle at where the results dir is now (it may have moved):
+    Ray moves the trials it restores, but its pickled experiment still names the old folder for
+    new trials, and the searcher uploads pictures from and into folders of the old one."""
+    generator._experiment.storage.storage_fs_path = str(results_dir)  # Ray's SearchGenerator keeps no public handle
+    searcher = generator.searcher
+    while hasattr(searcher, "searcher"):  # ConcurrencyLimiter -> the searcher it limits
+        searcher = searcher.searcher
+    searcher.attach_pictures(results_dir / EXPERIMENT_NAME, results_dir / ARTIFACTS_DIR)
 
 
 def _history(result) -> list[dict[str, Any]]:
@@ -479,11 +573,13 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from hybrid_hpo.tune.trust import SignedSearchGenerator
+
     scheduler = None
     if spec.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base_config(spec)["epochs"],
                                   grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
-    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent),
+    return tune.TuneConfig(search_alg=SignedSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)),
                            scheduler=scheduler, num_samples=plan.num_samples, metric=spec.metric, mode=spec.mode,
                            reuse_actors=True, time_budget_s=spec.time_budget_s)
 
