@@ -117,7 +117,7 @@ def test_dashboard_on_a_missing_file_exit_2_creates_nothing(tmp_path, capsys):
 
 def test_unreachable_address_fails_fast_with_one_line():
     from hybrid_hpo.errors import ConfigError
-    from hybrid_hpo.tune.sweep import probe_address
+    from hybrid_hpo.tune.ray_start import probe_address
 
     with pytest.raises(ConfigError, match=r"--address: nothing answers at 127\.0\.0\.1:1 "):
         probe_address("127.0.0.1:1")
@@ -226,7 +226,7 @@ def test_trial_that_the_cluster_cannot_place_stops_the_sweep_with_a_message(ray_
 
 
 def test_a_ray_gcs_passes_the_address_probe(ray_session):
-    from hybrid_hpo.tune.sweep import probe_address
+    from hybrid_hpo.tune.ray_start import probe_address
 
     probe_address(ray_session.get_runtime_context().gcs_address)  # raises ConfigError when not answered as Ray
 
