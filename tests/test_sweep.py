@@ -40,6 +40,7 @@ def _quiet_optuna():
 def _check_study(storage_url: str, study_name: str, ray_results: dict[str, list[dict]]) -> None:
     """The study holds each Ray trial exactly once, COMPLETE, with every epoch and Ray's test metrics."""
     study = optuna.load_study(study_name=study_name, storage=storage_url)
+    assert study.metric_names == ["val_loss"]  # optuna-dashboard names the objective, not "Objective 0"
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     assert len(study.trials) == len(ray_results) == len(by_ray_id)
     assert set(by_ray_id) == set(ray_results)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -285,7 +286,8 @@ def make_search(
     points_to_evaluate: warm start: settings of the first trials (enqueued in the study; a searched
         key left out is sampled).
     sweep_id: recorded on every trial this searcher asks for (default: a new random id).
-    The study is created (or loaded, if the name exists) in the storage right away.
+    The study is created (or loaded, if the name exists) in the storage right away, its objective
+    named ``metric`` (optuna-dashboard shows "val_loss", not "Objective 0").
     """
     if not space:
         raise ConfigError("space: empty search space; give at least one distribution")
@@ -303,6 +305,9 @@ def make_search(
         storage=make_storage(storage, results_dir),
         sweep_id=sweep_id,
     )
+    with warnings.catch_warnings():  # set_metric_names is marked experimental (since Optuna 3.2)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        searcher.study.set_metric_names([metric])
     # Enqueued here, not through Ray's points_to_evaluate (which refuses a point without every key).
     for point in points_to_evaluate or ():
         searcher.study.enqueue_trial(point)
