@@ -1,6 +1,6 @@
 """Real sweeps on the shared Ray instance with real SQLite studies, through the CLI and tune.run.
 
-Run inside a loopback-only network namespace (CONTRACTS.md). Tiny trials: a [16] MLP, 3 epochs.
+Run inside a loopback-only network namespace (README's test command). Tiny trials: a [16] MLP, 3 epochs.
 """
 from __future__ import annotations
 
