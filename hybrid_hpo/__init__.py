@@ -11,29 +11,13 @@ torch nor Ray nor Optuna.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hybrid_hpo.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "ConjugateGradient": "hybrid_hpo.implicit",
-    "Exact": "hybrid_hpo.implicit",
-    "HypergradientDivergence": "hybrid_hpo.implicit",
-    "HypergradientInfo": "hybrid_hpo.implicit",
-    "Identity": "hybrid_hpo.implicit",
-    "Neumann": "hybrid_hpo.implicit",
-    "Nystrom": "hybrid_hpo.implicit",
-    "hypergradient": "hybrid_hpo.implicit",
-    "make_solver": "hybrid_hpo.implicit",
-    "unrolled_hypergradient": "hybrid_hpo.implicit",
-    "Task": "hybrid_hpo.task",
-}
+_MATH = ("ConjugateGradient", "Exact", "HypergradientDivergence", "HypergradientInfo", "Identity", "Neumann",
+         "Nystrom", "hypergradient", "make_solver", "unrolled_hypergradient")
+_EXPORTS = {**{name: "hybrid_hpo.implicit" for name in _MATH}, "Task": "hybrid_hpo.task"}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hybrid_hpo' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
