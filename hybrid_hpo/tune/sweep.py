@@ -50,10 +50,10 @@ EXPERIMENT_SNAPSHOT_S = 2
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, spec_path: str = "",
               verbose: int = 1) -> SweepOutcome:
-    """Check the inputs (:func:`preflight`), hold the results dir's lock for the whole run (one
-    driver per dir, :mod:`~hybrid_hpo.tune.lock`), verify Ray's state before a resume unpickles it
-    (:mod:`~hybrid_hpo.tune.trust`), start (or join, with ``address``) Ray, run the sweep per
-    ``plan``, return the outcome.
+    """Check the inputs (:func:`~hybrid_hpo.tune.preflight.preflight`), hold the results dir's
+    lock for the whole run (one driver per dir, :mod:`~hybrid_hpo.tune.lock`), verify Ray's state
+    before a resume unpickles it (:mod:`~hybrid_hpo.tune.trust`), start (or join, with
+    ``address``) Ray, run the sweep per ``plan``, return the outcome.
 
     Ray is initialised here only if it is not running in this process yet, and shut down at the
     end only if it was started here.
