@@ -50,7 +50,7 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
     from hybrid_hpo.compare.plots import hybrid_importances, plot_importances, plot_test_vs_time
     from hybrid_hpo.compare.run import run_comparison, runs_as_json
     from hybrid_hpo.compare.summary import final_incumbent, markdown_table, summary_rows
-    from hybrid_hpo.tune.urls import STORAGE_FILENAME, sqlite_url
+    from hybrid_hpo.tune.urls import results_dir_storage
 
     def report(run) -> None:
         if progress:
@@ -63,7 +63,7 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
     rows = summary_rows(runs, spec)
     table = markdown_table(rows, spec)
     plot_test_vs_time(runs, spec, results_dir / "test_vs_time.png")
-    importances = hybrid_importances(runs, sqlite_url(results_dir / STORAGE_FILENAME))
+    importances = hybrid_importances(runs, results_dir_storage(results_dir))
     plot_importances(importances, spec, results_dir / "hybrid_importances.png")
     (results_dir / "table.md").write_text(table + "\n")
     (results_dir / RESULTS_FILE).write_text(json.dumps(

@@ -50,10 +50,10 @@ def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None 
     import ray
 
     from hybrid_hpo.tune.ray_start import init_ray
-    from hybrid_hpo.tune.urls import STORAGE_FILENAME, sqlite_url
+    from hybrid_hpo.tune.urls import results_dir_storage
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    storage = sqlite_url(results_dir / STORAGE_FILENAME)
+    storage = results_dir_storage(results_dir)
     own_ray = not ray.is_initialized()
     if own_ray:
         init_ray(address)

@@ -29,7 +29,7 @@ from hybrid_hpo.checks import sqlite_path
 from hybrid_hpo.config import RunConfig
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.spec import SweepSpec
-from hybrid_hpo.tune.urls import STORAGE_FILENAME, check_rdb_url, redact, sqlite_url
+from hybrid_hpo.tune.urls import check_rdb_url, redact, results_dir_storage
 
 METADATA_FILE = "sweep.json"
 EXPERIMENT_NAME = "tune"
@@ -115,8 +115,8 @@ def _plan_resume(spec: SweepSpec, storage: str | None, study_name: str | None, n
                               "new sweep without --resume")
     moved_from = None
     if storage is None and saved.get("results_dir") and \
-            saved["storage"] == sqlite_url(Path(saved["results_dir"]) / STORAGE_FILENAME):
-        storage, moved_from = sqlite_url(results_dir / STORAGE_FILENAME), saved["storage"]  # moves with the dir
+            saved["storage"] == results_dir_storage(saved["results_dir"]):
+        storage, moved_from = results_dir_storage(results_dir), saved["storage"]  # moves with the dir
     return SweepPlan(results_dir, storage or saved["storage"], saved["study_name"], saved["num_samples"], resume=True,
                      sweep_id=saved.get("sweep_id", ""), storage_moved_from=moved_from)
 

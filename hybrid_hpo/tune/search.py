@@ -38,7 +38,7 @@ from hybrid_hpo.tune.artifacts import last_checkpoint, upload_pictures
 from hybrid_hpo.tune.distributions import to_optuna_distribution
 from hybrid_hpo.tune.plan import default_study_name
 from hybrid_hpo.tune.samplers import make_sampler
-from hybrid_hpo.tune.urls import STORAGE_FILENAME, check_rdb_url, is_sqlite_in_memory, redact, sqlite_file, sqlite_url
+from hybrid_hpo.tune.urls import check_rdb_url, is_sqlite_in_memory, redact, results_dir_storage, sqlite_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, results_dir:
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
     if storage is None:
-        storage = sqlite_url(Path(results_dir) / STORAGE_FILENAME)
+        storage = results_dir_storage(results_dir)
     check_rdb_url(storage, "storage")
     database = sqlite_file(storage)
     if database is not None:

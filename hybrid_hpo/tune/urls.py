@@ -48,6 +48,11 @@ def sqlite_url(path: str | Path) -> str:
     return f"{_SQLITE_FILE}{Path(path).expanduser().resolve()}"
 
 
+def results_dir_storage(results_dir: str | Path) -> str:
+    """The default storage of a sweep's or comparison's results dir: its ``optuna.sqlite3``, as a URL."""
+    return sqlite_url(Path(results_dir) / STORAGE_FILENAME)
+
+
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for logs, tables, errors, sweep.json)."""
     from sqlalchemy.engine import make_url
