@@ -178,8 +178,9 @@ def fractional_sweep(sizes: Sizes, device: torch.device) -> bool:
     study is COMPLETE with test metrics."""
     import optuna
 
+    from hybrid_hpo.tune.plan import plan_sweep
     from hybrid_hpo.tune.spec import validate_spec
-    from hybrid_hpo.tune.sweep import plan_sweep, run_sweep
+    from hybrid_hpo.tune.sweep import run_sweep
 
     gpu = 0.5 if device.type == "cuda" else 0.0
     if gpu == 0:

@@ -2,7 +2,7 @@
 
 Starts from a comparison file, changes what you ask for (dataset, model, budget, seeds) and runs
 BO-only, IFT-with-defaults and the hybrid under the same wall-clock budget and data split
-(:func:`hybrid_hpo.compare.command.compare`, what ``hybrid-hpo compare`` runs). Then, because the
+(:func:`hybrid_hpo.compare.comparison.compare`, what ``hybrid-hpo compare`` runs). Then, because the
 three strategies share each seed's split, it prints the *paired* differences per seed (hybrid
 minus each other strategy) and each strategy's test metric at a quarter, half and all of the
 budget (anytime performance, from the same records as ``test_vs_time.png``).
@@ -21,7 +21,7 @@ import statistics
 from datetime import datetime
 from pathlib import Path
 
-from hybrid_hpo.compare.command import compare
+from hybrid_hpo.compare.comparison import compare
 from hybrid_hpo.compare.plots import plot_importances, plot_test_vs_time
 from hybrid_hpo.compare.run import StrategyRun
 from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec, load_compare_spec, validate_compare_spec, with_changes

@@ -49,13 +49,12 @@ def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///path`` URL (None for other databases); ConfigError for an in-memory
     SQLite URL (``sqlite://``, ``sqlite:///:memory:``), which vanishes with this process and which
     Ray's processes could never share."""
-    if not url.startswith("sqlite:"):
-        return None
-    path = url.removeprefix("sqlite:").removeprefix("///").split("?", 1)[0]
-    if path in ("", ":memory:") or not url.startswith("sqlite:///"):
+    from hybrid_hpo.tune.urls import is_sqlite_in_memory, sqlite_file
+
+    if is_sqlite_in_memory(url):
         raise ConfigError(f"--storage: {url!r} is an in-memory SQLite database, lost when the sweep ends; "
                           "use a file, e.g. sqlite:////abs/path/optuna.sqlite3")
-    return Path(path)
+    return sqlite_file(url)
 
 
 def check_sqlite_file(path: Path, field: str) -> None:

@@ -32,7 +32,7 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass
 class RunConfig:
-    """Settings of one bilevel run (see the module docstring; README-bilevel.md has a table).
+    """Settings of one bilevel run (see the module docstring; ``hybrid-hpo run --help`` lists them).
 
     Task: ``task``, a factory ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION`` returning a
     :class:`hybrid_hpo.Task` (your own model, data, loss and metrics; it receives these settings as

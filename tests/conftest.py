@@ -1,5 +1,6 @@
-"""Shared fixtures. Tests that start Ray must run in a loopback-only network namespace
-(see /work/notes/CONTRACTS.md); they request ``ray_session`` and share its one Ray instance."""
+"""Shared fixtures. Tests that start Ray must run in a loopback-only network namespace, as README's
+test command does (``unshare -rn bash -c 'ip link set lo up && exec pytest -q'``); they request
+``ray_session`` and share its one Ray instance."""
 from __future__ import annotations
 
 import os

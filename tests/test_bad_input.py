@@ -207,9 +207,9 @@ def _listener(reply: bytes | None) -> tuple[socket.socket, int]:
 def test_address_of_a_listener_that_is_not_ray_is_refused_before_anything_is_written(reply, expected, tmp_path,
                                                                                      monkeypatch, capsys):
     """A port where something else listens used to hang in ray.init (after the storage was created)."""
-    from hybrid_hpo.tune import sweep
+    from hybrid_hpo.tune import ray_start
 
-    monkeypatch.setattr(sweep.probe_address, "__defaults__", (0.5,))  # the bound: a silent listener never answers
+    monkeypatch.setattr(ray_start.probe_address, "__defaults__", (0.5,))  # the bound: a silent listener never answers
     server, port = _listener(reply)
     (tmp_path / "spec.yaml").write_text(SEARCH)
     monkeypatch.chdir(tmp_path)

@@ -1,6 +1,6 @@
 """A sweep on a real two-node Ray cluster, and studies on a real PostgreSQL server.
 
-Run inside a loopback-only network namespace (CONTRACTS.md): Ray would otherwise listen on the
+Run inside a loopback-only network namespace (README's test command): Ray would otherwise listen on the
 machine's external interface. The cluster is two ``ray start`` nodes on 127.0.0.1 with one CPU and
 a capped object store each, token authentication, their own ports and their own RAY_TMPDIR, so
 they never meet the session's local Ray; the test stops exactly the processes carrying that

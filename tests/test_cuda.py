@@ -365,7 +365,7 @@ def test_trial_device_auto_follows_the_gpus_ray_gave_the_trial(ray_session, gpus
     """Inside a Ray task, "auto" means the GPU only when the task holds (a fraction of) one; gpu auto in
     the sweep resources means 1 exactly when the cluster has a GPU."""
     from hybrid_hpo.tune.spec import validate_spec
-    from hybrid_hpo.tune.sweep import trial_resources
+    from hybrid_hpo.tune.plan import trial_resources
     from hybrid_hpo.tune.trainable import trial_device
 
     @ray_session.remote(num_gpus=gpus, num_cpus=0)

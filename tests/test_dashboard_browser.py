@@ -2,7 +2,7 @@
 
 Needs Debian's chromium and chromium-driver (.ci/system-packages.sh installs them) and the
 selenium package (dev extra); skipped with the reason when they are missing. Run inside a
-loopback-only network namespace (CONTRACTS.md).
+loopback-only network namespace (README's test command).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Failures during a sweep: a trial process killed, the driver killed, a hypergradient gone non-finite.
 
 Each test checks the Optuna study and the Ray results afterwards. Run inside a loopback-only
-network namespace (CONTRACTS.md); the driver-kill test starts its own Ray in a child process with
+network namespace (README's test command); the driver-kill test starts its own Ray in a child process with
 its own RAY_TMPDIR and stops exactly the processes that carry it.
 """
 from __future__ import annotations

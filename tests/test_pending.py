@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 from hybrid_hpo.tune.pending import PendingWatchdog
 from hybrid_hpo.tune.spec import validate_spec
-from hybrid_hpo.tune.sweep import SweepPlan, _run_config
+from hybrid_hpo.tune.plan import SweepPlan
+from hybrid_hpo.tune.sweep import _run_config
 
 
 @dataclass

@@ -16,7 +16,7 @@ import yaml
 
 from hybrid_hpo import cli
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.tune.artifacts import redact
+from hybrid_hpo.tune.urls import redact
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -108,11 +108,11 @@ def test_dashboard_listens_on_loopback_only_by_default(tmp_path):
 def test_local_ray_of_a_sweep_binds_loopback_without_dashboard(monkeypatch):
     import ray
 
-    from hybrid_hpo.tune import sweep
+    from hybrid_hpo.tune import ray_start
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    sweep.init_ray(None)
+    ray_start.init_ray(None)
     assert calls == [{"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "_node_ip_address": "127.0.0.1"}]
 
 

@@ -229,7 +229,7 @@ def test_the_local_ray_of_a_sweep_gets_a_private_token_file(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
     env.update(HOME=str(tmp_path), RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")
     try:
-        run = subprocess.run([sys.executable, "-c", "import ray; from hybrid_hpo.tune.sweep import init_ray; "
+        run = subprocess.run([sys.executable, "-c", "import ray; from hybrid_hpo.tune.ray_start import init_ray; "
                               "init_ray(None); assert ray.is_initialized(); ray.shutdown()"],
                              env=env, capture_output=True, text=True, timeout=WAIT_S)
     finally:

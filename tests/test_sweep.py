@@ -1,6 +1,6 @@
 """Real sweeps on the shared Ray instance with real SQLite studies, through the CLI and tune.run.
 
-Run inside a loopback-only network namespace (CONTRACTS.md). Tiny trials: a [16] MLP, 3 epochs.
+Run inside a loopback-only network namespace (README's test command). Tiny trials: a [16] MLP, 3 epochs.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _quiet_optuna():
 def _check_study(storage_url: str, study_name: str, ray_results: dict[str, list[dict]]) -> None:
     """The study holds each Ray trial exactly once, COMPLETE, with every epoch and Ray's test metrics."""
     study = optuna.load_study(study_name=study_name, storage=storage_url)
+    assert study.metric_names == ["val_loss"]  # optuna-dashboard names the objective, not "Objective 0"
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     assert len(study.trials) == len(ray_results) == len(by_ray_id)
     assert set(by_ray_id) == set(ray_results)
@@ -117,7 +118,7 @@ def test_dashboard_on_a_missing_file_exit_2_creates_nothing(tmp_path, capsys):
 
 def test_unreachable_address_fails_fast_with_one_line():
     from hybrid_hpo.errors import ConfigError
-    from hybrid_hpo.tune.sweep import probe_address
+    from hybrid_hpo.tune.ray_start import probe_address
 
     with pytest.raises(ConfigError, match=r"--address: nothing answers at 127\.0\.0\.1:1 "):
         probe_address("127.0.0.1:1")
@@ -226,7 +227,7 @@ def test_trial_that_the_cluster_cannot_place_stops_the_sweep_with_a_message(ray_
 
 
 def test_a_ray_gcs_passes_the_address_probe(ray_session):
-    from hybrid_hpo.tune.sweep import probe_address
+    from hybrid_hpo.tune.ray_start import probe_address
 
     probe_address(ray_session.get_runtime_context().gcs_address)  # raises ConfigError when not answered as Ray
 

@@ -323,7 +323,7 @@ def test_cli_sweep_checks_the_factory_before_ray_and_writes_nothing(factory_file
 
 def test_shipped_own_task_spec_builds_its_task_and_reports_its_objective(monkeypatch):
     from hybrid_hpo.tune.spec import load_spec
-    from hybrid_hpo.tune.sweep import check_trials_can_run
+    from hybrid_hpo.tune.preflight import check_trials_can_run
 
     root = Path(__file__).parents[1]
     monkeypatch.chdir(root)

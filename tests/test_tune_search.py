@@ -100,6 +100,13 @@ def test_space_accepts_ours_ray_domains_and_optuna_distributions(tmp_path):
     assert isinstance(search.study.sampler, optuna.samplers.GPSampler)
 
 
+def test_the_study_names_its_objective_after_the_metric(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    search = make_search({"inner_lr": LogUniform(low=1e-3, high=0.3)}, "val_acc", "max", storage=url)
+    stored = optuna.load_study(study_name=search.study.study_name, storage=url)
+    assert stored.metric_names == ["val_acc"]  # what optuna-dashboard shows instead of "Objective 0"
+
+
 def test_default_storage_and_unique_study_names(tmp_path):
     first, second = (make_search({"inner_lr": LogUniform(low=1e-3, high=0.3)}, results_dir=tmp_path) for _ in range(2))
     assert (tmp_path / "optuna.sqlite3").is_file()

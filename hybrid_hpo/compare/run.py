@@ -49,11 +49,11 @@ def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None 
     """Run every (seed, strategy) pair of ``spec``; ``on_run`` gets each run as it ends."""
     import ray
 
-    from hybrid_hpo.tune.search import STORAGE_FILENAME, sqlite_url
-    from hybrid_hpo.tune.sweep import init_ray
+    from hybrid_hpo.tune.ray_start import init_ray
+    from hybrid_hpo.tune.urls import results_dir_storage
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    storage = sqlite_url(results_dir / STORAGE_FILENAME)
+    storage = results_dir_storage(results_dir)
     own_ray = not ray.is_initialized()
     if own_ray:
         init_ray(address)
@@ -83,8 +83,8 @@ def rotated(items: tuple[str, ...], shift: int) -> tuple[str, ...]:
 def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, storage: str,
                verbose: int) -> StrategyRun:
     """A budgeted Ray Tune + Optuna sweep of ``strategy`` (bo_only or hybrid) for ``seed``."""
-    from hybrid_hpo.tune.search import default_study_name
-    from hybrid_hpo.tune.sweep import plan_sweep, run_sweep
+    from hybrid_hpo.tune.plan import default_study_name, plan_sweep
+    from hybrid_hpo.tune.sweep import run_sweep
 
     sweep = spec.sweep_spec(strategy, seed)
     plan = plan_sweep(sweep, storage=storage, study_name=default_study_name(sweep.name),

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hybrid_hpo.config import RunConfig, field_names
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import Distribution
+from hybrid_hpo.tune.samplers import SamplerName
 from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Resources, SweepSpec, check_known_key, first_error,
                                   read_spec_file, setting_name, task_settings, validate_spec)
 
@@ -52,7 +53,7 @@ class Strategy(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     settings: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Distribution] = Field(default_factory=dict)
-    sampler: Literal["tpe", "gp"] = "tpe"
+    sampler: SamplerName = "tpe"
     startup_trials: int | None = Field(default=None, ge=0)
     warm_start: bool = False
 

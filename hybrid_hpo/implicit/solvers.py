@@ -6,7 +6,7 @@ where ``operator`` provides ``matvec`` (and ``matmat`` for the batched ones, see
 Inside the loops every scalar stays on the device: no ``.item()``, no host synchronisation,
 no flattening; the diagnostics in :class:`Solution` are 0-dim tensors read once by the caller.
 
-Conventions (see DESIGN.md): H is the Hessian of the training loss in the weights, δ ≥ 0 a
+Conventions (see docs/design.md): H is the Hessian of the training loss in the weights, δ ≥ 0 a
 damping that makes the solved system H + δI.
 """
 from __future__ import annotations

@@ -9,8 +9,7 @@ Names load on first use, so importing this package (the CLI does) does not impor
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hybrid_hpo.lazy import lazy_exports
 
 _EXPORTS = {
     "IFTTrainable": "hybrid_hpo.tune.trainable",
@@ -25,9 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hybrid_hpo.tune' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

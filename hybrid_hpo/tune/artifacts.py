@@ -1,4 +1,4 @@
-"""Trial pictures as Optuna artifacts, and storage URLs safe to print.
+"""Trial pictures as Optuna artifacts.
 
 A finished trial's last checkpoint (persisted by Ray under ``<results>/tune/<trial dir>/checkpoint_*``,
 wherever the trial ran) holds ``pictures/*.png``; :func:`upload_pictures` attaches them to the
@@ -18,19 +18,7 @@ from hybrid_hpo.tune.pictures import PICTURES_DIR
 
 logger = logging.getLogger(__name__)
 
-ARTIFACTS_DIR = "artifacts"
 _CHECKPOINT = re.compile(r"checkpoint_(\d+)")
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs, tables, errors, sweep.json)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def last_checkpoint(experiment_dir: str | Path, ray_trial_id: str) -> Path | None:

@@ -5,8 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from hybrid_hpo.checks import check_is_sqlite, check_port_free, is_disk_full
+from hybrid_hpo.checks import check_is_sqlite, check_port_free, is_disk_full, sqlite_path
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.tune.urls import check_rdb_url, redact
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -42,10 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from hybrid_hpo.tune.artifacts import ARTIFACTS_DIR, redact
+    from hybrid_hpo.tune.plan import plan_sweep
+    from hybrid_hpo.tune.report import sweep_summary
     from hybrid_hpo.tune.spec import load_spec
-    from hybrid_hpo.tune.sweep import dashboard_command as open_command
-    from hybrid_hpo.tune.sweep import format_table, overhead_summary, plan_sweep, run_sweep
+    from hybrid_hpo.tune.sweep import run_sweep
 
     spec = load_spec(args.spec)
     plan = plan_sweep(spec, storage=args.storage, study_name=args.study_name, num_samples=args.num_samples,
@@ -61,31 +62,20 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         return 1
     if outcome.stopped_because:
         print(f"hybrid-hpo sweep: error: {outcome.stopped_because}", file=sys.stderr)
-    state = "interrupted; continue with --resume --results-dir " + str(outcome.results_dir) if outcome.interrupted \
-        else f"stopped by its time_budget_s ({spec.time_budget_s:g} s)" if outcome.budget_spent else "finished"
-    print(f"\nSweep {spec.name} {state}: {len(outcome.rows)} trials, {outcome.errors} errors, "
-          f"study {outcome.study_name!r} in {redact(outcome.storage_url)}, results in {outcome.results_dir}")
-    print(f"Best trials by {spec.metric} ({spec.mode}):")
-    print(format_table(outcome.rows))
-    print(overhead_summary(outcome, spec.max_concurrent))
-    print(f"Open the dashboard:\n  {open_command(outcome.storage_url, outcome.results_dir / ARTIFACTS_DIR)}")
+    print(sweep_summary(spec, outcome))
     return 1 if outcome.errors or outcome.interrupted else 0
 
 
 def dashboard_command(args: argparse.Namespace) -> int:
-    from hybrid_hpo.tune.artifacts import redact
-
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: {args.port} is not a port; use 1-65535, e.g. 8080")
-    storage = args.storage
-    if storage.startswith("sqlite:///"):
-        path = Path(storage.removeprefix("sqlite:///"))
+    storage = check_rdb_url(args.storage, "--storage")
+    path = sqlite_path(storage)
+    if path is not None:
         if not path.is_file():
             raise ConfigError(f"--storage: no SQLite file at {path}; pass the URL a sweep printed "
                               "(sqlite:////abs/path/optuna.sqlite3)")
         check_is_sqlite(path, "--storage")
-    elif "://" not in storage:
-        raise ConfigError(f"--storage: {redact(storage)!r} is not an RDB URL; e.g. sqlite:////abs/path/optuna.sqlite3")
     store = None
     if args.artifact_dir is not None:
         if not Path(args.artifact_dir).is_dir():

@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,14 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.tune.artifacts import last_checkpoint, redact, upload_pictures
+from hybrid_hpo.tune.artifacts import last_checkpoint, upload_pictures
 from hybrid_hpo.tune.distributions import to_optuna_distribution
+from hybrid_hpo.tune.plan import default_study_name
+from hybrid_hpo.tune.samplers import make_sampler
+from hybrid_hpo.tune.urls import check_rdb_url, is_sqlite_in_memory, redact, results_dir_storage, sqlite_file
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS: tuple[str, ...] = ("tpe", "gp")
-STORAGE_FILENAME = "optuna.sqlite3"
 SWEEP_ID_ATTR = "sweep_id"  # trial user attribute: the sweep (results dir) whose driver asked for the trial
 
 # Ray's bookkeeping keys in a result: not metrics, so not user attributes.
@@ -55,16 +56,6 @@ _RAY_BOOKKEEPING = frozenset(
 _TEXT_METRICS = frozenset({"node_id"})
 
 
-def default_study_name(prefix: str = "hybrid-hpo") -> str:
-    """A study name unique per call: ``<prefix>-<YYYYmmdd-HHMMSS>-<6 hex>``."""
-    return f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def sqlite_url(path: str | Path) -> str:
-    """RDB URL of a SQLite file, absolute: ``sqlite:////abs/path``."""
-    return f"sqlite:///{Path(path).expanduser().resolve()}"
-
-
 def make_storage(storage: str | optuna.storages.BaseStorage | None, results_dir: str | Path = "results"):
     """An Optuna storage: a BaseStorage as is, an RDB URL, or (None) ``<results_dir>/optuna.sqlite3``.
 
@@ -74,19 +65,18 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, results_dir:
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
     if storage is None:
-        storage = sqlite_url(Path(results_dir) / STORAGE_FILENAME)
-    if not isinstance(storage, str) or "://" not in storage:
-        shown = redact(storage) if isinstance(storage, str) else storage
-        raise ConfigError(f"storage: {shown!r} is not an RDB URL; use e.g. sqlite:////abs/path/optuna.sqlite3")
-    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        storage = results_dir_storage(results_dir)
+    check_rdb_url(storage, "storage")
+    database = sqlite_file(storage)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     try:
         rdb = RelocatableRDBStorage(storage)
     except Exception as error:  # SQLAlchemy raises many types for a bad URL or driver
         reason = str(error).replace(storage, redact(storage)).strip().splitlines()[0]
         raise ConfigError(f"storage: cannot open {redact(storage)!r} ({type(error).__name__}: {reason}); "
                           "check the URL, that the server runs and that its driver is installed") from None
-    if rdb.engine.name == "sqlite" and storage != "sqlite:///:memory:":
+    if rdb.engine.name == "sqlite" and not is_sqlite_in_memory(storage):
         _fast_sqlite(rdb)
     return rdb
 
@@ -139,16 +129,6 @@ def storage_url(storage: optuna.storages.BaseStorage) -> str | None:
     """The URL of an RDB storage (what ``hybrid-hpo dashboard --storage`` needs), else None."""
     url = getattr(storage, "url", None)
     return url if isinstance(url, str) else None
-
-
-def make_sampler(sampler: str, seed: int | None, n_startup_trials: int | None) -> optuna.samplers.BaseSampler:
-    """TPE (constant liar, so concurrent trials do not get the same suggestion) or GP."""
-    startup = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
-    if sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, **startup)
-    if sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, **startup)
-    raise ConfigError(f"sampler: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 def metrics_as_user_attrs(result: Mapping[str, Any], objective: str) -> dict[str, bool | int | float | str]:
@@ -306,7 +286,8 @@ def make_search(
     points_to_evaluate: warm start: settings of the first trials (enqueued in the study; a searched
         key left out is sampled).
     sweep_id: recorded on every trial this searcher asks for (default: a new random id).
-    The study is created (or loaded, if the name exists) in the storage right away.
+    The study is created (or loaded, if the name exists) in the storage right away, its objective
+    named ``metric`` (optuna-dashboard shows "val_loss", not "Objective 0").
     """
     if not space:
         raise ConfigError("space: empty search space; give at least one distribution")
@@ -324,6 +305,9 @@ def make_search(
         storage=make_storage(storage, results_dir),
         sweep_id=sweep_id,
     )
+    with warnings.catch_warnings():  # set_metric_names is marked experimental (since Optuna 3.2)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        searcher.study.set_metric_names([metric])
     # Enqueued here, not through Ray's points_to_evaluate (which refuses a point without every key).
     for point in points_to_evaluate or ():
         searcher.study.enqueue_trial(point)

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hybrid_hpo.config import RunConfig, field_names
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import DISTRIBUTION_TYPES, Distribution
+from hybrid_hpo.tune.samplers import SamplerName
 
 FIXED_SECTIONS: tuple[str, ...] = ("task", "inner", "solver")
 OBJECTIVES: dict[str, str] = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
@@ -114,7 +115,7 @@ class SweepSpec(BaseModel):
     inner: dict[str, Any] = Field(default_factory=dict)
     solver: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Distribution]
-    sampler: Literal["tpe", "gp"] = "tpe"
+    sampler: SamplerName = "tpe"
     seed: int | None = Field(default=0, ge=0, lt=2**32)  # the sampler's seed (numpy's range)
     startup_trials: int | None = Field(default=None, ge=0)
     num_trials: int = Field(default=8, ge=1)
