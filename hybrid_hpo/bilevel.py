@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from hybrid_hpo.config import RunConfig
 from hybrid_hpo.hyper import FamilyContext, family_class
-from hybrid_hpo.implicit import hypergradient, make_solver
+from hybrid_hpo.implicit import hypergradient
 from hybrid_hpo.splits import DatasetSplit, Split
 from hybrid_hpo.task import TaskSource, make_splits, metric_names, resolve_task
 
@@ -121,8 +121,7 @@ class BilevelTrainer:
         self.inner_optimizer = make_optimizer(config.inner_optimizer, self.model.parameters(), config.inner_lr)
         self.hyper_optimizer = (make_optimizer(config.hyper_optimizer, self.family.hparams().values(),
                                                config.hyper_lr) if self.family.num_hparams else None)
-        self.solver = make_solver(config.solver, terms=config.terms, alpha=config.alpha,
-                                  damping=config.damping, rank=config.rank)
+        self.solver = config.make_solver()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.inner_step_count = 0  # across epochs: a hyper step follows every inner_steps-th inner step

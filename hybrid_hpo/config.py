@@ -17,7 +17,7 @@ import numbers
 import re
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hybrid_hpo.errors import ConfigError
@@ -28,6 +28,17 @@ DIVERGED_POLICIES: tuple[str, ...] = ("reject", "apply")
 """``diverged_policy``: what a hyper step does with a finite hypergradient whose solver diverged."""
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+SOLVER_PREFIX = "solver."
+"""A solver option's setting name is ``solver.<option>`` (``solver.max_iter``): a YAML ``solver:``
+key, a ``--solver-option`` of the CLI, a searched name and a Ray Tune config key."""
+MOVED: dict[str, str] = {
+    "terms": "solver.terms (neumann) or solver.max_iter (cg)",
+    "alpha": "solver.alpha (neumann)",
+    "damping": "solver.damping (neumann, cg, exact) or solver.rho (nystrom)",
+    "rank": "solver.rank (nystrom)",
+}
+"""Settings that became solver options, and what to write instead."""
 
 
 @dataclass
@@ -45,8 +56,9 @@ class RunConfig:
     augmenter; ``augment_shift`` / ``augment_flip``, the fixed_augment baseline's max shift in pixels
     and mirroring; ``distill_per_class``, distilled images per class; ``fixed_dropout``, the drop rate of the ``fixed``
     family, which has no λ: plain training with a fixed L2 ``fixed_decay`` and fixed dropout). Hypergradient: ``solver`` with
-    ``terms`` (Neumann K / CG iterations), ``alpha`` (Neumann step, a number or "auto"), ``damping``,
-    ``rank`` (Nyström), ``diverged_policy`` (a finite hypergradient from a diverged solve: "reject"
+    ``solver_options`` (that solver's own options, set as ``solver.<option>``: ``solver.terms``
+    and ``solver.alpha`` of neumann, ``solver.max_iter`` of cg, ``solver.rank`` of nystrom, ...; see
+    docs/solvers.md), ``diverged_policy`` (a finite hypergradient from a diverged solve: "reject"
     the hyper step, the default, or "apply" it).
     Loop (Algorithm 2 of Lorraine et al. 2020): ``inner_steps`` optimizer steps on the weights
     (``inner_optimizer``, ``inner_lr``, mini-batches of ``batch_size``), then one step on λ
@@ -59,10 +71,7 @@ class RunConfig:
     family: str = "weight_decay"
     granularity: str = "per_weight"
     solver: str = "neumann"
-    terms: int = 5
-    alpha: float | str = 0.1
-    damping: float = 0.0
-    rank: int = 10
+    solver_options: dict[str, Any] = field(default_factory=dict)
     diverged_policy: str = "reject"
     inner_lr: float = 0.1
     inner_optimizer: str = "momentum"
@@ -95,13 +104,19 @@ class RunConfig:
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
         """Build and validate a config from ``values`` (missing keys keep their defaults).
 
-        Raises ConfigError on an unknown key, a value of the wrong type, or a bad value.
+        Keys ``solver.<option>`` set ``solver_options``. Raises ConfigError on an unknown key, a
+        value of the wrong type, or a bad value.
         """
         names = field_names()
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown setting {unknown[0]!r}: valid settings are {', '.join(names)}")
-        config = cls(**values)
+        plain = {key: value for key, value in values.items() if not key.startswith(SOLVER_PREFIX)}
+        for key in sorted(set(plain) - set(names) - {"solver_options"}):
+            raise ConfigError(unknown_setting_message(key))
+        dotted = {key.removeprefix(SOLVER_PREFIX): value for key, value in values.items()
+                  if key.startswith(SOLVER_PREFIX)}
+        options = dict(plain.pop("solver_options", None) or {})
+        for key in sorted(set(dotted) & set(options)):
+            raise ConfigError(f"solver.{key}: given twice (in solver_options and as solver.{key}); keep one")
+        config = cls(**plain, solver_options={**options, **dotted})
         config.validate()
         return config
 
@@ -109,35 +124,38 @@ class RunConfig:
         """Convert each value to its field type (e.g. "0.1" -> 0.1, [256] -> (256,)); ConfigError
         naming the field when impossible. Value ranges are checked by :meth:`validate`."""
         for name, hint in _type_hints().items():
-            setattr(self, name, _coerce(name, hint, getattr(self, name)))
+            if name != "solver_options":
+                setattr(self, name, _coerce(name, hint, getattr(self, name)))
+        self.solver_options = _solver_options(self.solver, self.solver_options)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-ready values (``hidden`` as a list); ``from_mapping`` inverts it."""
+        """Plain JSON/YAML-ready values (``hidden`` as a list, each solver option as
+        ``solver.<option>``); ``from_mapping`` inverts it."""
         values = dataclasses.asdict(self)
         values["hidden"] = list(self.hidden)
+        for key, value in values.pop("solver_options").items():
+            values[SOLVER_PREFIX + key] = value
         return values
+
+    def make_solver(self) -> Any:
+        """The configured inverse-HVP solver (its constructor validates the options)."""
+        from hybrid_hpo.implicit import make_solver
+
+        return make_solver(self.solver, self.solver_options)
 
     def validate(self) -> None:
         """Raise ConfigError (one line: the field and the fix) on the first bad setting."""
         from hybrid_hpo.data import DATASETS
         from hybrid_hpo.hyper import FAMILIES
-        from hybrid_hpo.implicit import SOLVERS
         from hybrid_hpo.models import ACTIVATIONS, MODELS
 
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, MODELS)
         _choice("family", self.family, tuple(FAMILIES))
-        _choice("solver", self.solver, SOLVERS)
+        self.make_solver()
         _choice("inner_optimizer", self.inner_optimizer, OPTIMIZERS)
         _choice("hyper_optimizer", self.hyper_optimizer, OPTIMIZERS)
         _choice("activation", self.activation, tuple(ACTIVATIONS))
-        _at_least("terms", self.terms, 0)
-        if self.alpha != "auto" and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ConfigError(f"alpha must be > 0 or 'auto' (got {self.alpha!r}); the Neumann step needs "
-                              "0 < alpha < 2/λ_max(H), e.g. 0.1, or 'auto' to estimate it")
-        if not (math.isfinite(self.damping) and self.damping >= 0):
-            raise ConfigError(f"damping must be >= 0 (got {self.damping!r}); use 0 for none or e.g. 1e-2")
-        _at_least("rank", self.rank, 1)
         _choice("diverged_policy", self.diverged_policy, DIVERGED_POLICIES)
         _positive("inner_lr", self.inner_lr)
         _positive("hyper_lr", self.hyper_lr)
@@ -175,8 +193,44 @@ class RunConfig:
 
 
 def field_names() -> tuple[str, ...]:
-    """RunConfig's fields in declaration order (the CLI flag order)."""
-    return tuple(f.name for f in dataclasses.fields(RunConfig))
+    """RunConfig's settings in declaration order (the CLI flag order); ``solver_options`` is set
+    as ``solver.<option>`` (see :func:`is_setting`)."""
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "solver_options")
+
+
+def is_setting(key: str) -> bool:
+    """``key`` names a RunConfig setting: a field, or ``solver.<option>`` (checked against the
+    chosen solver when the config is built)."""
+    return key in field_names() or (key.startswith(SOLVER_PREFIX) and key != SOLVER_PREFIX)
+
+
+def unknown_setting_message(key: str, field: str | None = None) -> str:
+    """One line for an unknown setting ``key`` (at spec field ``field``): the moved solver
+    settings name their new spelling, others get the closest valid name."""
+    import difflib
+
+    where = field or key
+    if key in MOVED:
+        return f"{where}: is now a solver option; write {MOVED[key]}"
+    names = field_names()
+    guess = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean {guess[0]!r}?" if guess else f"valid settings: {', '.join(names)}, solver.<option>"
+    return f"{where}: unknown setting; {hint}"
+
+
+def _solver_options(solver: Any, options: Any) -> dict[str, Any]:
+    """``options`` converted to the types the solver declares, its defaults filled in (so equal
+    settings compare equal); unchanged when ``solver`` is not registered (validate reports it)."""
+    from hybrid_hpo.implicit import SOLVERS, options_of
+
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"solver_options must be a mapping of option -> value (got {options!r})")
+    if solver not in SOLVERS:
+        return dict(options)
+    declared = {info.name: info for info in options_of(SOLVERS[solver])}
+    return {**{name: info.default for name, info in declared.items()},
+            **{key: _coerce(SOLVER_PREFIX + key, declared[key].type, value) if key in declared else value
+               for key, value in options.items()}}
 
 
 def _type_hints() -> dict[str, Any]:

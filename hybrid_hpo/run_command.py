@@ -15,7 +15,8 @@ import typing
 from typing import Any
 
 from hybrid_hpo.checks import check_device, check_output_file, check_writable
-from hybrid_hpo.config import RunConfig
+from hybrid_hpo.config import MOVED, SOLVER_PREFIX, RunConfig
+from hybrid_hpo.errors import ConfigError
 
 _DIAGNOSTICS = (  # (metrics key, header, format) after the split metrics
     ("hypergrad_norm", "|hypergrad|", "{:>11.3e}"),
@@ -42,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
+        if field.name == "solver_options":
+            continue
         flags = [f"--{field.name.replace('_', '-')}"] + (["--" + field.name] if "_" in field.name else [])
         hint = hints[field.name]
         # Values stay strings here; RunConfig converts them and reports bad ones by field name.
@@ -53,11 +56,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(*flags, nargs="+", metavar="N", **options)
         else:
             parser.add_argument(*flags, metavar=field.name.upper(), **options)
+    parser.add_argument("--solver-option", "--solver_option", dest="solver_option", action="extend", nargs="+",
+                        default=[], metavar="OPTION=VALUE",
+                        help="options of the chosen --solver, e.g. --solver cg --solver-option max_iter=20 rtol=1e-6")
+    for name in MOVED:  # not shown; refused with the new spelling
+        parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch table")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the per-epoch metrics to PATH (a JSON list)")
     parser.add_argument("--pictures", metavar="DIR", default=None,
                         help="at the end, write the family's pictures of the learned hyperparameters (PNG) to DIR")
     parser.set_defaults(handler=run)
+
+
+def solver_option_settings(pairs: list[str]) -> dict[str, str]:
+    """``["max_iter=20", ...]`` -> ``{"solver.max_iter": "20", ...}`` (RunConfig converts the values);
+    one-line ConfigError for a pair without ``=`` or an option given twice."""
+    settings: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--solver-option: {pair!r} is not OPTION=VALUE; e.g. --solver-option max_iter=20")
+        name = SOLVER_PREFIX + key.strip()
+        if name in settings:
+            raise ConfigError(f"--solver-option: {key.strip()} is given twice; keep one")
+        settings[name] = value.strip()
+    return settings
 
 
 def _default_text(value: Any) -> str:
@@ -92,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_hpo.bilevel import BilevelTrainer
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
+    values.update(solver_option_settings(args.solver_option))
+    values.update({name: getattr(args, name) for name in MOVED if hasattr(args, name)})
     config = RunConfig.from_mapping(values)
     check_device(config.device)
     if args.json:

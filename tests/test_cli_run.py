@@ -35,7 +35,10 @@ def test_flag_spellings_and_types():
     assert build_parser().parse_args(["run", "--no-download"]).download is False
 
 
-@pytest.mark.parametrize("flag, value, field", [("--alpha", "-1", "alpha"), ("--terms", "-2", "terms"),
+@pytest.mark.parametrize("flag, value, field", [("--solver-option", "alpha=-1", "solver.alpha"),
+                                                ("--solver-option", "terms=-2", "solver.terms"),
+                                                ("--solver-option", "terms", "--solver-option"),
+                                                ("--terms", "3", "terms: is now a solver option"),
                                                 ("--epochs", "abc", "epochs"), ("--val-fraction", "1.5", "val_fraction"),
                                                 ("--dataset", "imagenet", "dataset")])
 def test_bad_value_exits_2_with_one_line(flag, value, field, capsys):

@@ -156,7 +156,7 @@ def test_bilevel_end_to_end(settings):
     from hybrid_hpo.config import RunConfig
 
     config = RunConfig.from_mapping({
-        "family": "dropout", "init_dropout": 0.2, "solver": "neumann", "terms": 3, "alpha": 0.1,
+        "family": "dropout", "init_dropout": 0.2, "solver": "neumann", "solver.terms": 3, "solver.alpha": 0.1,
         "inner_lr": 0.1, "hyper_lr": 0.05, "epochs": 2, "inner_steps": 1, "device": "cpu",
         "val_fraction": 0.2, **settings,
     })
