@@ -12,7 +12,6 @@ per weight, tuned by the IFT hypergradient with a 5-term Neumann series.
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import re
 import typing
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.rules import Described, OneOf, Range
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
 """Names accepted by ``inner_optimizer`` and ``hyper_optimizer`` (``momentum`` = SGD, momentum 0.9)."""
@@ -39,6 +39,69 @@ MOVED: dict[str, str] = {
     "rank": "solver.rank (nystrom)",
 }
 """Settings that became solver options, and what to write instead."""
+
+
+def setting(default: Any, help: str, rule: Any) -> Any:
+    """A RunConfig field: its default, one line of help and the rule of its allowed values (None:
+    its type is the rule); ``hybrid-hpo run --help`` shows ``help; allowed values``."""
+    return field(default=default, metadata={"help": help, "rule": rule})
+
+
+def _datasets() -> tuple[str, ...]:
+    from hybrid_hpo.data import DATASETS
+
+    return DATASETS
+
+
+def _models() -> tuple[str, ...]:
+    from hybrid_hpo.models import MODELS
+
+    return MODELS
+
+
+def _activations() -> tuple[str, ...]:
+    from hybrid_hpo.models import ACTIVATIONS
+
+    return tuple(ACTIVATIONS)
+
+
+def _families() -> tuple[str, ...]:
+    from hybrid_hpo.hyper import FAMILIES
+
+    return tuple(FAMILIES)
+
+
+def _granularities() -> tuple[str, ...]:
+    from hybrid_hpo.hyper import GRANULARITIES
+
+    return GRANULARITIES
+
+
+def _solvers() -> tuple[str, ...]:
+    from hybrid_hpo.implicit import SOLVERS
+
+    return tuple(SOLVERS)
+
+
+def _check_device(name: str, value: str) -> None:
+    if not _DEVICE.fullmatch(value):
+        raise ConfigError(f"{name} must be auto, cpu, cuda or cuda:N (got {value!r})")
+
+
+def _check_hidden(name: str, value: tuple[int, ...]) -> None:
+    if any(width < 1 for width in value):
+        raise ConfigError(f"hidden layer widths must be integers >= 1 (got {list(value)}); e.g. --hidden 256 256")
+
+
+def _check_task(name: str, value: str | None) -> None:
+    if value is not None and ":" not in value:
+        raise ConfigError(f"task: {value!r} is not a factory name; use FILE.py:FUNCTION or MODULE:FUNCTION, "
+                          "e.g. my_tasks.py:make_task")
+
+
+_DEVICE_RULE = Described("auto, cpu, cuda or cuda:N", _check_device)
+_HIDDEN = Described("integers >= 1, e.g. 256 256", _check_hidden)
+_TASK = Described("FILE.py:FUNCTION or MODULE:FUNCTION", _check_task)
 
 
 @dataclass
@@ -65,40 +128,40 @@ class RunConfig:
     (``hyper_optimizer``, ``hyper_lr``); ``epochs`` passes over the training split.
     """
 
-    task: str | None = None
-    dataset: str = "digits"
-    model: str = "mlp"
-    family: str = "weight_decay"
-    granularity: str = "per_weight"
-    solver: str = "neumann"
-    solver_options: dict[str, Any] = field(default_factory=dict)
-    diverged_policy: str = "reject"
-    inner_lr: float = 0.1
-    inner_optimizer: str = "momentum"
-    hyper_lr: float = 0.03
-    hyper_optimizer: str = "adam"
-    val_fraction: float = 0.5
-    inner_steps: int = 2
-    epochs: int = 100
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    hidden: tuple[int, ...] = (512, 256)
-    activation: str = "relu"
-    init_decay: float = 1e-3
-    fixed_decay: float = 1e-3
-    augment_width: int = 8
-    augment_shift: int = 1
-    augment_flip: bool = False
-    distill_per_class: int = 1
-    data_root: str | None = None
-    download: bool = False
-    train_size: int | None = None
-    val_size: int | None = None
-    imbalance: float | None = None
-    init_dropout: float = 0.1
-    fixed_dropout: float = 0.0
-    num_workers: int = 0
+    task: str | None = setting(None, "your own task: a factory returning a hybrid_hpo.Task (none: the built-in task)", _TASK)
+    dataset: str = setting("digits", "built-in dataset", OneOf(_datasets))
+    model: str = setting("mlp", "built-in model", OneOf(_models))
+    family: str = setting("weight_decay", "hyperparameter family tuned by hypergradient", OneOf(_families))
+    granularity: str = setting("per_weight", "weight_decay: one decay for all weights, per tensor, or per weight", OneOf(_granularities))
+    solver: str = setting("neumann", "inverse-HVP solver; its options via --solver-option", OneOf(_solvers))
+    solver_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the solver's own options (solver.<option>)"})
+    diverged_policy: str = setting("reject", "a finite hypergradient from a diverged solve: reject the hyper step or apply it", OneOf(DIVERGED_POLICIES))
+    inner_lr: float = setting(0.1, "learning rate of the weights", Range(0, open_low=True))
+    inner_optimizer: str = setting("momentum", "optimizer of the weights (momentum = SGD, momentum 0.9)", OneOf(OPTIMIZERS))
+    hyper_lr: float = setting(0.03, "learning rate of the hyperparameters λ", Range(0, open_low=True))
+    hyper_optimizer: str = setting("adam", "optimizer of the hyperparameters λ", OneOf(OPTIMIZERS))
+    val_fraction: float = setting(0.5, "validation share of the non-test data (L_V)", Range(0, 1, open_low=True, open_high=True))
+    inner_steps: int = setting(2, "weight steps per hyper step", Range(1, integer=True))
+    epochs: int = setting(100, "passes over the training split", Range(1, integer=True))
+    batch_size: int = setting(64, "mini-batch size", Range(1, integer=True))
+    seed: int = setting(0, "seed of the data split, initialisation and batches", Range(0, 2**32, open_high=True, integer=True))
+    device: str = setting("auto", "where to train", _DEVICE_RULE)
+    hidden: tuple[int, ...] = setting((512, 256), "layer widths of mlp (lstm_lm: its width)", _HIDDEN)
+    activation: str = setting("relu", "activation of mlp", OneOf(_activations))
+    init_decay: float = setting(1e-3, "weight_decay: initial decay", Range(0, open_low=True))
+    fixed_decay: float = setting(1e-3, "augment, fixed_augment, distill, fixed: fixed L2 c/2·||w||² in L_T (0: none)", Range(0))
+    augment_width: int = setting(8, "augment: channels of the learned augmenter", Range(1, integer=True))
+    augment_shift: int = setting(1, "fixed_augment: largest random shift in pixels", Range(0, integer=True))
+    augment_flip: bool = setting(False, "fixed_augment: mirror images at random", None)
+    distill_per_class: int = setting(1, "distill: distilled images per class", Range(1, integer=True))
+    data_root: str | None = setting(None, "folder of downloaded datasets (none: the default cache)", None)
+    download: bool = setting(False, "download a missing dataset (mnist, cifar...)", None)
+    train_size: int | None = setting(None, "training examples used", Range(1, integer=True, optional="the whole split"))
+    val_size: int | None = setting(None, "validation examples used", Range(1, integer=True, optional="the whole split"))
+    imbalance: float | None = setting(None, "largest / smallest train class ratio", Range(1, optional="balanced"))
+    init_dropout: float = setting(0.1, "dropout: initial drop rate", Range(0, 1, open_low=True, open_high=True))
+    fixed_dropout: float = setting(0.0, "fixed: drop rate of plain training", Range(0, 1, open_high=True))
+    num_workers: int = setting(0, "DataLoader workers for datasets that are not in-memory tensors", Range(0, integer=True))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
@@ -144,51 +207,16 @@ class RunConfig:
         return make_solver(self.solver, self.solver_options)
 
     def validate(self) -> None:
-        """Raise ConfigError (one line: the field and the fix) on the first bad setting."""
-        from hybrid_hpo.data import DATASETS
+        """Raise ConfigError (one line: the field and the fix) on the first bad setting: each field's
+        rule (the allowed values ``hybrid-hpo run --help`` shows), the solver's own constructor, then
+        the family's own checks."""
         from hybrid_hpo.hyper import FAMILIES
-        from hybrid_hpo.models import ACTIVATIONS, MODELS
 
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, MODELS)
-        _choice("family", self.family, tuple(FAMILIES))
+        for item in dataclasses.fields(self):
+            rule = item.metadata.get("rule")
+            if rule is not None:
+                rule.check(item.name, getattr(self, item.name))
         self.make_solver()
-        _choice("inner_optimizer", self.inner_optimizer, OPTIMIZERS)
-        _choice("hyper_optimizer", self.hyper_optimizer, OPTIMIZERS)
-        _choice("activation", self.activation, tuple(ACTIVATIONS))
-        _choice("diverged_policy", self.diverged_policy, DIVERGED_POLICIES)
-        _positive("inner_lr", self.inner_lr)
-        _positive("hyper_lr", self.hyper_lr)
-        _positive("init_decay", self.init_decay)
-        if not (math.isfinite(self.fixed_decay) and self.fixed_decay >= 0):
-            raise ConfigError(f"fixed_decay must be >= 0 (got {self.fixed_decay!r}); e.g. 1e-3, or 0 for no L2")
-        _at_least("augment_width", self.augment_width, 1)
-        _at_least("augment_shift", self.augment_shift, 0)
-        _at_least("distill_per_class", self.distill_per_class, 1)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be strictly between 0 and 1 (got {self.val_fraction!r}); "
-                              "e.g. 0.5")
-        _at_least("inner_steps", self.inner_steps, 1)
-        _at_least("epochs", self.epochs, 1)
-        _at_least("batch_size", self.batch_size, 1)
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be an integer in [0, 2**32) (got {self.seed!r})")
-        if not _DEVICE.fullmatch(self.device):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
-        if any(width < 1 for width in self.hidden):
-            raise ConfigError(f"hidden layer widths must be integers >= 1 (got {list(self.hidden)}); "
-                              "e.g. --hidden 256 256")
-        for name in ("train_size", "val_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1 or none for the whole split (got {value!r})")
-        _at_least("num_workers", self.num_workers, 0)
-        if self.task is not None and ":" not in self.task:
-            raise ConfigError(f"task: {self.task!r} is not a factory name; use FILE.py:FUNCTION or MODULE:FUNCTION, "
-                              "e.g. my_tasks.py:make_task")
-        if self.imbalance is not None and not (math.isfinite(self.imbalance) and self.imbalance >= 1):
-            raise ConfigError(f"imbalance must be a ratio >= 1 (largest / smallest train class) or none "
-                              f"(got {self.imbalance!r}); e.g. 50")
         FAMILIES[self.family].validate_config(self)
 
 
@@ -235,21 +263,6 @@ def _solver_options(solver: Any, options: Any) -> dict[str, Any]:
 
 def _type_hints() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
-
-
-def _at_least(name: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{name} must be an integer >= {low} (got {value!r})")
-
-
-def _positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a number > 0 (got {value!r})")
 
 
 _NUMBERS = {int: (numbers.Integral, "an integer"), float: (numbers.Real, "a number")}  # type -> (accepted, noun)

@@ -39,23 +39,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run", help="one bilevel run: weights by SGD, hyperparameters by IFT hypergradients",
         description="Train a model while tuning its hyperparameters (e.g. one weight decay per weight) by "
                     "implicit differentiation (Lorraine et al. 2020, Algorithm 2). Defaults: MLP on digits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=solver_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
         if field.name == "solver_options":
             continue
-        flags = [f"--{field.name.replace('_', '-')}"] + (["--" + field.name] if "_" in field.name else [])
         hint = hints[field.name]
         # Values stay strings here; RunConfig converts them and reports bad ones by field name.
-        options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                   "help": f"(default: {_default_text(field.default)})"}
+        options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
         if hint is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
+            options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is tuple:
-            parser.add_argument(*flags, nargs="+", metavar="N", **options)
+            options.update(nargs="+", metavar="N")
         else:
-            parser.add_argument(*flags, metavar=field.name.upper(), **options)
+            options["metavar"] = field.name.upper()
+        flag = f"--{field.name.replace('_', '-')}"
+        parser.add_argument(flag, help=help_line(field), **options)
+        if "_" in field.name:  # the underscore spelling is accepted, not shown
+            parser.add_argument(f"--{field.name}", help=argparse.SUPPRESS, **options)
     parser.add_argument("--solver-option", "--solver_option", dest="solver_option", action="extend", nargs="+",
                         default=[], metavar="OPTION=VALUE",
                         help="options of the chosen --solver, e.g. --solver cg --solver-option max_iter=20 rtol=1e-6")
@@ -66,6 +68,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pictures", metavar="DIR", default=None,
                         help="at the end, write the family's pictures of the learned hyperparameters (PNG) to DIR")
     parser.set_defaults(handler=run)
+
+
+def help_line(field: dataclasses.Field) -> str:
+    """``<meaning>; <allowed values> (default: <value>)`` from the field's declaration, whose rule is
+    also what :meth:`RunConfig.validate` checks."""
+    rule = field.metadata.get("rule")
+    allowed = f"; {rule.describe()}" if rule is not None else ""
+    return f"{field.metadata['help']}{allowed} (default: {_default_text(field.default)})".replace("%", "%%")
+
+
+def solver_options_help() -> str:
+    """One line per registered solver: its options with their defaults (from the solver classes)."""
+    from hybrid_hpo.implicit import SOLVERS, options_of
+
+    lines = []
+    for name, cls in SOLVERS.items():
+        options = ", ".join(f"{o.name}={_default_text(o.default)}" for o in options_of(cls)) or "no options"
+        lines.append(f"  {name}: {options}")
+    return "solver options (--solver-option OPTION=VALUE; see docs/solvers.md):\n" + "\n".join(lines)
 
 
 def solver_option_settings(pairs: list[str]) -> dict[str, str]:

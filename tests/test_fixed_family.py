@@ -58,9 +58,9 @@ def test_bilevel_run_takes_no_hyper_steps_and_restores_bit_for_bit():
 
 
 @pytest.mark.parametrize("settings, field", [
-    ({"family": "fixed", "fixed_dropout": 1.0}, "fixed_dropout must be a rate in [0, 1)"),
+    ({"family": "fixed", "fixed_dropout": 1.0}, "fixed_dropout must be a number >= 0 and < 1"),
     ({"family": "fixed", "fixed_dropout": 0.2, "model": "logreg"}, "fixed_dropout: the fixed family needs dropout sites, which 'logreg' has not"),
-    ({"family": "fixed", "fixed_decay": -1.0}, "fixed_decay must be >= 0"),
+    ({"family": "fixed", "fixed_decay": -1.0}, "fixed_decay must be a number >= 0"),
 ])
 def test_bad_settings_name_the_field(settings, field):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace(")", r"\)")):

@@ -80,7 +80,6 @@ class UnitDropout(HyperFamily):
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
-        _check_rate(config.init_dropout)
         if config.task is None and config.model not in SITE_MODELS:
             raise ConfigError(NO_SITES.format(field="model", family=cls.name, model=repr(config.model)))
 

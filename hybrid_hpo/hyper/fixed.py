@@ -67,7 +67,6 @@ class FixedRegularization(HyperFamily):
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
-        _check_dropout(config.fixed_dropout)
         if config.fixed_dropout > 0 and config.task is None and config.model not in SITE_MODELS:
             raise ConfigError(NO_SITES.format(field="fixed_dropout", family=cls.name, model=repr(config.model)) + ", or fixed_dropout 0")
 
