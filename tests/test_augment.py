@@ -131,14 +131,14 @@ def trainer(**overrides):
 
 
 def test_learned_augmentation_trains_end_to_end_and_restores_exactly(tmp_path):
-    run = trainer(family="augment", hyper_lr=0.01)
+    run = trainer(family="augment", hyper_lr=0.01, diverged_policy="apply")  # as searches/augment.yaml
     assert run.family.num_hparams == (2 * 4 * 9 + 4) + (4 * 8 * 9 + 8) + (12 * 4 * 9 + 4) + (4 + 1)
     first = run.train_epoch()
     assert first["hyper_steps"] > 0 and first["rejected_hyper_steps"] == 0
     assert first["augment_out_norm"] > 0  # λ left the identity
     state = run.state_dict()
     continued = run.train_epoch()
-    restored = trainer(family="augment", hyper_lr=0.01)
+    restored = trainer(family="augment", hyper_lr=0.01, diverged_policy="apply")
     restored.load_state_dict(state)
     again = restored.train_epoch()
     for key in ("train_loss", "val_loss", "test_acc", "augment_lambda_norm"):

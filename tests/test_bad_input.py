@@ -1,4 +1,4 @@
-"""The README's bad-input table, one test per row: one line naming the problem and the fix, exit
+"""The bad-input table of docs/errors.md, one test per row: one line naming the problem and the fix, exit
 code 2, and nothing written (no results dir, no study, no trial).
 
 No Ray is needed: every row is caught before Ray starts. Rows are (id, spec text, extra command

@@ -34,7 +34,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from hybrid_hpo import ConjugateGradient, Exact, Identity, Neumann, Nystrom, hypergradient
 from hybrid_hpo.bilevel import BilevelTrainer, resolve_device
 from hybrid_hpo.config import RunConfig
-from hybrid_hpo.data import load_dataset
 from hybrid_hpo.implicit import HessianOperator, dense_matrix, operators
 from hybrid_hpo.implicit.tensor_list import flatten, unflatten
 
@@ -194,13 +193,8 @@ RUN = dict(dataset="digits", model="mlp", hidden=[32], batch_size=64, inner_step
 METRICS = ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc", "hypergrad_norm")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", val_fraction=0.5, seed=0)
-
-
-def trainer_on(device: str, digits) -> BilevelTrainer:
-    return BilevelTrainer(RunConfig.from_mapping({**RUN, "device": device}), data=digits)
+def trainer_on(device: str) -> BilevelTrainer:
+    return BilevelTrainer(RunConfig.from_mapping({**RUN, "device": device}))
 
 
 def assert_metrics_close(got: dict, expected: dict, exact: bool) -> None:
@@ -213,18 +207,18 @@ def assert_metrics_close(got: dict, expected: dict, exact: bool) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_seeded_trainer_on_device_matches_cpu_and_its_checkpoint_restores_on_cpu(device, digits, tmp_path):
-    on_device = trainer_on(device, digits)
+def test_seeded_trainer_on_device_matches_cpu_and_its_checkpoint_restores_on_cpu(device, tmp_path):
+    on_device = trainer_on(device)
     first = on_device.train_epoch()
     assert on_device.device.type == device
     assert all(math.isfinite(first[k]) for k in METRICS)
     assert first["hyper_steps"] > 0 and first["rejected_hyper_steps"] == 0
-    reference = trainer_on("cpu", digits)
+    reference = trainer_on("cpu")
     assert_metrics_close(first, reference.train_epoch(), exact=device == "cpu")
 
     torch.save(on_device.state_dict(), tmp_path / "trainer.pt")
     state = torch.load(tmp_path / "trainer.pt", map_location="cpu", weights_only=True)
-    restored = trainer_on("cpu", digits)
+    restored = trainer_on("cpu")
     restored.load_state_dict(state)
     for (name, saved), mine in zip(on_device.model.named_parameters(), restored.model.parameters()):
         assert mine.device.type == "cpu" and torch.equal(mine.detach(), saved.detach().cpu()), name
@@ -232,7 +226,7 @@ def test_seeded_trainer_on_device_matches_cpu_and_its_checkpoint_restores_on_cpu
         assert torch.equal(restored.family.hparams()[name].detach(), value.detach().cpu()), name
     restored.model.eval()
     with torch.no_grad():
-        val_loss = float(F.cross_entropy(restored.model(digits.val.x), digits.val.y))
+        val_loss = float(F.cross_entropy(restored.model(restored.data.val.x), restored.data.val.y))
     assert val_loss == pytest.approx(first["val_loss"], rel=1e-5)
 
     continued_here, continued_on_cpu = on_device.train_epoch(), restored.train_epoch()

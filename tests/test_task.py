@@ -355,3 +355,16 @@ def test_a_comparison_file_takes_a_task_factory_and_its_metric():
     with pytest.raises(ConfigError, match="strategies.hybrid.settings.task: task decides the data split"):
         validate_compare_spec({**raw, "mode": "min", "strategies": {
             **raw["strategies"], "hybrid": {**raw["strategies"]["hybrid"], "settings": {"task": "x.py:f"}}}})
+
+
+def test_learning_curves_show_the_tasks_own_metrics(tmp_path):
+    import matplotlib.image
+
+    from hybrid_hpo.tune.pictures import curve_kinds, render_curves
+
+    trainer = BilevelTrainer(RunConfig.from_mapping({**SMALL, "epochs": 2}), task=make_task)
+    history = [{"epoch": m["epoch"], **{k: m[k] for k in trainer.metric_names()}} for m in trainer.fit(progress=False)]
+    assert curve_kinds(list(history[0])) == ["loss", "mae"]
+    assert curve_kinds(["epoch", "train_loss", "train_acc", "train_balanced_acc", "val_loss"]) == ["loss", "acc"]
+    height, width = matplotlib.image.imread(render_curves(history, tmp_path / "curves.png")).shape[:2]
+    assert (width, height) == (640, 256)  # two panels of 4 x 3.2 inches at 80 dpi
