@@ -20,14 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.optimizers import OPTIMIZERS
 from hybrid_hpo.rules import Described, OneOf, Range
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
-"""Names accepted by ``inner_optimizer`` and ``hyper_optimizer`` (``momentum`` = SGD, momentum 0.9)."""
 DIVERGED_POLICIES: tuple[str, ...] = ("reject", "apply")
 """``diverged_policy``: what a hyper step does with a finite hypergradient whose solver diverged."""
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+FIXED_DECAY: float = 1e-3
+"""The default c of the fixed L2 term c/2·Σ‖w‖² (``fixed_decay``), for RunConfig and the families."""
+FIXED_DECAY_RULE = Range(0)
+"""``fixed_decay``: a number >= 0 (0: no L2); checked by RunConfig and the families' constructors."""
 
 SOLVER_PREFIX = "solver."
 """A solver option's setting name is ``solver.<option>`` (``solver.max_iter``): a YAML ``solver:``
@@ -149,7 +153,7 @@ class RunConfig:
     hidden: tuple[int, ...] = setting((512, 256), "layer widths of mlp (lstm_lm: its width)", _HIDDEN)
     activation: str = setting("relu", "activation of mlp", OneOf(_activations))
     init_decay: float = setting(1e-3, "weight_decay: initial decay", Range(0, open_low=True))
-    fixed_decay: float = setting(1e-3, "augment, fixed_augment, distill, fixed: fixed L2 c/2·||w||² in L_T (0: none)", Range(0))
+    fixed_decay: float = setting(FIXED_DECAY, "augment, fixed_augment, distill, fixed: fixed L2 c/2·||w||² in L_T (0: none)", FIXED_DECAY_RULE)
     augment_width: int = setting(8, "augment: channels of the learned augmenter", Range(1, integer=True))
     augment_shift: int = setting(1, "fixed_augment: largest random shift in pixels", Range(0, integer=True))
     augment_flip: bool = setting(False, "fixed_augment: mirror images at random", None)

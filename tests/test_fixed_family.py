@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hybrid_hpo.bilevel import BilevelTrainer
 from hybrid_hpo.config import RunConfig
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.augment import l2_penalty
+from hybrid_hpo.hyper.penalty import l2_penalty
 from hybrid_hpo.hyper.fixed import FixedRegularization
 from hybrid_hpo.models import build_model
 from hybrid_hpo.nn import dropout_sites

@@ -21,7 +21,7 @@ from hybrid_hpo.implicit import tensor_list as tl
 from hybrid_hpo.implicit.curvature import top_eigenvalue
 from hybrid_hpo.implicit.operators import LinearOperator, as_operator
 from hybrid_hpo.implicit.protocol import Solution, check, option
-from hybrid_hpo.implicit.tensor_list import Scalar, TensorList
+from hybrid_hpo.implicit.tensor_list import Scalar
 
 def _count(value: object, low: int) -> bool:
     """An integer (not a bool) >= low."""
