@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ift_check import directional_fd, inner, newton_minimize
+from ift_check import directional_fd, inner, lbfgs_warm_start, newton_minimize
 
 import torch.nn.functional as F
 
@@ -90,25 +90,10 @@ def _problem(name: str):
     return family, train_loss, val_loss, params, lam, generator
 
 
-def _warm_start(train_loss, params, lam):
-    w = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    optimizer = torch.optim.LBFGS(list(w.values()), max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14,
-                                  line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = train_loss(w, lam)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return {k: v.detach() for k, v in w.items()}
-
-
 @pytest.mark.parametrize("name", [name for name, cls in ALL.items() if cls.tunable])
 def test_ift_hypergradient_matches_finite_differences(name):
     family, train_loss, val_loss, params, lam, generator = _problem(name)
-    w_star = newton_minimize(train_loss, _warm_start(train_loss, params, lam), lam)
+    w_star = newton_minimize(train_loss, lbfgs_warm_start(train_loss, params, lam), lam)
     grads = hypergradient(train_loss, val_loss, w_star, lam, solver=Exact())
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-6
     for _ in range(2):
