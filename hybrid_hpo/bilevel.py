@@ -154,8 +154,8 @@ class BilevelTrainer:
         metrics.update(stats.summary())
         if stats.rejected:
             logger.warning("epoch %d: rejected %d of %d hyper steps (non-finite hypergradient or diverged solve; "
-                           "λ kept). Lower inner_lr / hyper_lr or alpha, or add damping", self.epoch, stats.rejected,
-                           stats.steps)
+                           "λ kept). Lower inner_lr / hyper_lr or solver.alpha, or add solver.damping",
+                           self.epoch, stats.rejected, stats.steps)
         metrics["num_hparams"] = self.family.num_hparams
         metrics.update(self.family.summaries(self._params()))
         metrics["epoch_time_s"] = time.perf_counter() - start
