@@ -71,11 +71,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def help_line(field: dataclasses.Field) -> str:
-    """``<meaning>; <allowed values> (default: <value>)`` from the field's declaration, whose rule is
-    also what :meth:`RunConfig.validate` checks."""
+    """``[<families>: ]<meaning>; <allowed values> (default: <value>)`` from the field's declaration,
+    whose rule is also what :meth:`RunConfig.validate` checks, and the families that declare it."""
+    from hybrid_hpo.hyper import FAMILIES
+
+    families = [name for name, family in FAMILIES.items() if field.name in family.settings]
+    owner = f"{', '.join(families)}: " if families else ""
     rule = field.metadata.get("rule")
     allowed = f"; {rule.describe()}" if rule is not None else ""
-    return f"{field.metadata['help']}{allowed} (default: {_default_text(field.default)})".replace("%", "%%")
+    return f"{owner}{field.metadata['help']}{allowed} (default: {_default_text(field.default)})".replace("%", "%%")
 
 
 def solver_options_help() -> str:

@@ -3,7 +3,8 @@
 A new family is covered by registering it, as the toy below is (one class plus one registry line,
 ``monkeypatch.setitem(FAMILIES, ...)``, so other tests see the shipped registry): the IFT hypergradient (Exact solver at a Newton-exact
 w*(λ), one fixed draw of the family's noise) against central finite differences of λ ↦ L_V(w*(λ))
-on a tiny float64 MLP (for families with λ), a state round trip that continues bit for bit
+on a tiny float64 MLP (for families with λ), every setting it declares refusing a bad value in one
+line that names it, a state round trip that continues bit for bit
 (generator included), and ``render`` writing PNG files or nothing without touching the generator.
 """
 from __future__ import annotations
@@ -137,3 +138,27 @@ def test_render_writes_pngs_or_nothing_and_leaves_the_generator_alone(name, tmp_
         assert path.suffix == ".png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
     if before is not None:
         assert torch.equal(trainer.family.generator.get_state(), before)
+
+
+def _bad_value(rule):
+    """A value ``rule`` refuses (None: the field type itself refuses a word)."""
+    from hybrid_hpo.rules import OneOf, Range
+
+    if isinstance(rule, OneOf):
+        return "no_such_value"
+    if isinstance(rule, Range):
+        return rule.low - 1 if rule.low is not None else rule.high + 1
+    return "not-a-value"
+
+
+@pytest.mark.parametrize(("name", "setting"), [(name, setting) for name, cls in ALL.items() for setting in cls.settings])
+def test_every_declared_setting_refuses_a_bad_value_in_one_line_naming_it(name, setting):
+    import dataclasses
+
+    from hybrid_hpo.errors import ConfigError
+
+    field = {f.name: f for f in dataclasses.fields(RunConfig)}[setting]  # a KeyError: declared but no setting
+    assert field.metadata["help"]
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({**TINY, "family": name, setting: _bad_value(field.metadata["rule"])})
+    assert str(error.value).startswith(setting) and "\n" not in str(error.value)

@@ -101,6 +101,7 @@ class Augment(HyperFamily):
     """
 
     name = "augment"
+    settings = ("augment_width", "fixed_decay")
 
     def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], width: int = 8,
                  fixed_decay: float = FIXED_DECAY, seed: int = 0, loss: ExampleLoss | None = None) -> None:
@@ -213,6 +214,7 @@ class FixedAugment(HyperFamily):
     otherwise (module docstring). ``num_hparams == 0``: the bilevel loop takes no hyper steps."""
 
     name = "fixed_augment"
+    settings = ("augment_shift", "augment_flip", "fixed_decay")
     tunable = False
 
     def __init__(self, *, input_shape: tuple[int, ...], shift: int = 1, flip: bool = False,

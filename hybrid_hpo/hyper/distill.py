@@ -65,6 +65,7 @@ class Distill(HyperFamily):
     """
 
     name = "distill"
+    settings = ("distill_per_class", "fixed_decay")
 
     def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], num_classes: int,
                  per_class: int = 1, fixed_decay: float = FIXED_DECAY, loss: ExampleLoss | None = None) -> None:

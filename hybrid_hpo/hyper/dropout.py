@@ -60,6 +60,7 @@ class UnitDropout(HyperFamily):
     """
 
     name = "dropout"
+    settings = ("init_dropout",)
 
     def __init__(self, sites: Mapping[str, tuple[int, ...]], *, like: Tensor, init_dropout: float = 0.1,
                  seed: int = 0, loss: ExampleLoss | None = None) -> None:

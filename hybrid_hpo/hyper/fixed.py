@@ -46,6 +46,7 @@ class FixedRegularization(HyperFamily):
     """
 
     name = "fixed"
+    settings = ("fixed_decay", "fixed_dropout")
     tunable = False
 
     def __init__(self, sites: Mapping[str, tuple[int, ...]], *, fixed_decay: float = FIXED_DECAY,
