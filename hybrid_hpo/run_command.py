@@ -39,9 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run", help="one bilevel run: weights by SGD, hyperparameters by IFT hypergradients",
         description="Train a model while tuning its hyperparameters (e.g. one weight decay per weight) by "
                     "implicit differentiation (Lorraine et al. 2020, Algorithm 2). Defaults: MLP on digits.",
-        epilog=solver_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hints = typing.get_type_hints(RunConfig)
+    described: dict[str, dataclasses.Field] = {}
     for field in dataclasses.fields(RunConfig):
         if field.name == "solver_options":
             continue
@@ -55,12 +56,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         else:
             options["metavar"] = field.name.upper()
         flag = f"--{field.name.replace('_', '-')}"
-        parser.add_argument(flag, help=help_line(field), **options)
+        described[field.name] = field  # its help line is written when --help asks (the rules read registries)
+        parser.add_argument(flag, **options)
         if "_" in field.name:  # the underscore spelling is accepted, not shown
             parser.add_argument(f"--{field.name}", help=argparse.SUPPRESS, **options)
-    parser.add_argument("--solver-option", "--solver_option", dest="solver_option", action="extend", nargs="+",
-                        default=[], metavar="OPTION=VALUE",
+    solver_option = {"dest": "solver_option", "action": "extend", "nargs": "+", "default": [], "metavar": "OPTION=VALUE"}
+    parser.add_argument("--solver-option", **solver_option,
                         help="options of the chosen --solver, e.g. --solver cg --solver-option max_iter=20 rtol=1e-6")
+    parser.add_argument("--solver_option", **solver_option, help=argparse.SUPPRESS)
     for name in MOVED:  # not shown; refused with the new spelling
         parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch table")
@@ -68,6 +71,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pictures", metavar="DIR", default=None,
                         help="at the end, write the family's pictures of the learned hyperparameters (PNG) to DIR")
     parser.set_defaults(handler=run)
+    parser.format_help = _with_help_lines(parser, described)
+
+
+def _with_help_lines(parser: argparse.ArgumentParser, fields: dict[str, dataclasses.Field]) -> Any:
+    """``parser.format_help`` that first writes each field's help line and the solvers' options
+    (importing the solver and family registries only when help is asked for)."""
+    format_help = parser.format_help
+
+    def with_help_lines() -> str:
+        for action in parser._actions:
+            if action.dest in fields and action.help is None:
+                action.help = help_line(fields[action.dest])
+        parser.epilog = solver_options_help()
+        return format_help()
+
+    return with_help_lines
 
 
 def help_line(field: dataclasses.Field) -> str:
