@@ -53,5 +53,8 @@ def command(settings: Mapping[str, Any], seed: int = 0) -> str:
     flags = []
     for key, value in {**settings, "seed": seed, "device": "cpu"}.items():
         text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-        flags.append(f"--{key.replace('_', '-')} {text}")
+        if key.startswith("solver."):  # a solver option
+            flags.append(f"--solver-option {key.removeprefix('solver.')}={text}")
+        else:
+            flags.append(f"--{key.replace('_', '-')} {text}")
     return "hybrid-hpo run " + " ".join(flags) + " --quiet"

@@ -31,10 +31,10 @@ from hybrid_hpo.hyper.distill import accuracy, fit_on_images
 from hybrid_hpo.models import build_model
 
 SETTINGS = {
-    "logreg": {"inner_optimizer": "momentum", "inner_lr": 0.1, "fixed_decay": 1e-2, "solver": "cg", "terms": 20,
+    "logreg": {"inner_optimizer": "momentum", "inner_lr": 0.1, "fixed_decay": 1e-2, "solver": "cg", "solver.max_iter": 20,
                "hyper_optimizer": "adam", "hyper_lr": 0.05, "inner_steps": 12, "batch_size": 128, "epochs": 300},
-    "cnn": {"inner_optimizer": "momentum", "inner_lr": 0.05, "fixed_decay": 1e-3, "solver": "neumann", "terms": 10,
-            "alpha": "auto", "hyper_optimizer": "adam", "hyper_lr": 0.05, "inner_steps": 2, "batch_size": 128,
+    "cnn": {"inner_optimizer": "momentum", "inner_lr": 0.05, "fixed_decay": 1e-3, "solver": "neumann", "solver.terms": 10,
+            "solver.alpha": "auto", "hyper_optimizer": "adam", "hyper_lr": 0.05, "inner_steps": 2, "batch_size": 128,
             "epochs": 75},
 }
 """Per model. logreg: 12 weight steps per hyper step keep w close to w*(λ) (with 2, the images overfit

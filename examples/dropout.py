@@ -22,10 +22,10 @@ from _seeds import NO_HYPER_STEPS, command, mean_std, print_commands, run_seeds
 TASKS = {
     "mlp": {"dataset": "digits", "train_size": 300, "val_size": 300, "val_fraction": 0.5, "model": "mlp",
             "hidden": [256, 256], "inner_optimizer": "momentum", "inner_lr": 0.05, "batch_size": 64,
-            "epochs": 60, "hyper_lr": 0.05, "solver": "neumann", "terms": 5, "alpha": 0.1},
+            "epochs": 60, "hyper_lr": 0.05, "solver": "neumann", "solver.terms": 5, "solver.alpha": 0.1},
     "lstm": {"dataset": "text", "train_size": 1024, "val_size": 256, "val_fraction": 0.1, "model": "lstm_lm",
              "hidden": [64], "inner_optimizer": "adam", "inner_lr": 0.01, "batch_size": 32, "epochs": 8,
-             "hyper_lr": 0.05, "solver": "neumann", "terms": 5, "alpha": 0.1},
+             "hyper_lr": 0.05, "solver": "neumann", "solver.terms": 5, "solver.alpha": 0.1},
 }
 
 

@@ -34,7 +34,7 @@ from hybrid_hpo.config import RunConfig
 COMMON = {
     "dataset": "digits", "model": "mlp", "hidden": [256], "val_fraction": 0.5, "batch_size": 64,
     "inner_optimizer": "momentum", "inner_lr": 0.05, "fixed_decay": 1e-4, "device": "cpu",
-    "solver": "neumann", "terms": 5, "alpha": "auto", "hyper_optimizer": "adam", "hyper_lr": 3e-3, "inner_steps": 4,
+    "solver": "neumann", "solver.terms": 5, "solver.alpha": "auto", "hyper_optimizer": "adam", "hyper_lr": 3e-3, "inner_steps": 4,
     "augment_width": 8,
     "diverged_policy": "apply",  # the Hessian is indefinite early on: Neumann's residual exceeds 1 on most steps
 }

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from _seeds import NO_HYPER_STEPS, command, mean_std, print_commands, run_seeds
 
-SOLVERS = {  # row -> solver settings (terms = Neumann terms / CG iterations)
+SOLVERS = {  # row -> the solver and its own options (docs/solvers.md)
     "none": {"solver": "identity", "inner_steps": NO_HYPER_STEPS},
     "Identity": {"solver": "identity"},
-    "Neumann": {"solver": "neumann", "terms": 10, "alpha": 0.1},
-    "CG": {"solver": "cg", "terms": 10, "damping": 0.1},
-    "Nyström": {"solver": "nystrom", "rank": 10, "damping": 0.1},
+    "Neumann": {"solver": "neumann", "solver.terms": 10, "solver.alpha": 0.1},
+    "CG": {"solver": "cg", "solver.max_iter": 10, "solver.damping": 0.1},
+    "Nyström": {"solver": "nystrom", "solver.rank": 10, "solver.rho": 0.1},
 }
 
 

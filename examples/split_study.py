@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
     base = {"dataset": "digits", "model": "mlp", "hidden": [128], "family": "weight_decay", "init_decay": 1e-3,
-            "solver": "neumann", "terms": 5, "alpha": 0.1, "inner_optimizer": "momentum", "inner_lr": 0.05,
+            "solver": "neumann", "solver.terms": 5, "solver.alpha": 0.1, "inner_optimizer": "momentum", "inner_lr": 0.05,
             "hyper_optimizer": "adam", "hyper_lr": 0.03, "batch_size": 64, "inner_steps": 2,
             "epochs": args.epochs}
     print("| decays | val_fraction | train / val size | test acc % | test loss | val acc % | decay mean | "

@@ -23,7 +23,7 @@ def main() -> None:
         {
             "inner_lr": LogUniform(low=1e-2, high=0.3),
             "hyper_lr": tune.loguniform(1e-3, 1e-1),  # Ray Tune domains work too
-            "terms": IntRange(low=1, high=8),
+            "solver.terms": IntRange(low=1, high=8),  # a solver option, by its dotted name
         },
         metric="val_loss",
         mode="min",
@@ -37,7 +37,7 @@ def main() -> None:
         config={  # fixed settings: RunConfig fields (the `hybrid-hpo run` flag names)
             "dataset": "digits", "model": "mlp", "hidden": [256, 128],
             "family": "weight_decay", "granularity": "per_weight",
-            "solver": "neumann", "alpha": 0.1, "inner_steps": 5, "epochs": 10,
+            "solver": "neumann", "solver.alpha": 0.1, "inner_steps": 5, "epochs": 10,
         },
         search_alg=ConcurrencyLimiter(search, max_concurrent=2),
         num_samples=6,
@@ -52,7 +52,7 @@ def main() -> None:
     best = analysis.best_result
     ray.shutdown()
     print(f"best trial {best['trial_id']}: inner_lr {best['config']['inner_lr']:.4g}, "
-          f"hyper_lr {best['config']['hyper_lr']:.4g}, terms {best['config']['terms']}")
+          f"hyper_lr {best['config']['hyper_lr']:.4g}, solver.terms {best['config']['solver.terms']}")
     print(f"  val_loss {best['val_loss']:.4f}  val_acc {best['val_acc']:.4f}  "
           f"test_loss {best['test_loss']:.4f}  test_acc {best['test_acc']:.4f}")
     print(f"Optuna study {search.study.study_name!r}; open the dashboard:\n"

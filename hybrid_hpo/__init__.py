@@ -16,7 +16,7 @@ from hybrid_hpo.lazy import lazy_exports
 __version__ = "0.1.0"
 
 _MATH = ("ConjugateGradient", "Exact", "HypergradientDivergence", "HypergradientInfo", "Identity", "Neumann",
-         "Nystrom", "hypergradient", "make_solver", "unrolled_hypergradient")
+         "Nystrom", "SOLVERS", "Solver", "hypergradient", "make_solver", "unrolled_hypergradient")
 _EXPORTS = {**{name: "hybrid_hpo.implicit" for name in _MATH}, "Task": "hybrid_hpo.task"}
 
 __all__ = sorted(_EXPORTS)

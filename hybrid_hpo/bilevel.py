@@ -30,7 +30,7 @@ non-finite hypergradient, or a diverged solve under ``diverged_policy: reject``,
 hyper_steps (counts in this epoch; rejected steps are included in hyper_steps), epoch_time_s,
 num_hparams, and the family's summaries (decay_mean, ...).
 
-A family without λ (``num_hparams == 0``, e.g. the fixed_augment baseline) trains the weights
+A family without λ (``tunable = False``, e.g. the fixed_augment baseline) trains the weights
 only: no hyper optimizer, no hyper steps (hyper_steps 0, hypergrad_norm NaN).
 :meth:`BilevelTrainer.render` writes the family's pictures of λ (PNG files).
 """
@@ -40,7 +40,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -49,7 +49,8 @@ from torch import Tensor, nn
 
 from hybrid_hpo.config import RunConfig
 from hybrid_hpo.hyper import FamilyContext, family_class
-from hybrid_hpo.implicit import hypergradient, make_solver
+from hybrid_hpo.implicit import hypergradient
+from hybrid_hpo.optimizers import make_optimizer
 from hybrid_hpo.splits import DatasetSplit, Split
 from hybrid_hpo.task import TaskSource, make_splits, metric_names, resolve_task
 
@@ -64,20 +65,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def make_optimizer(name: str, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
-    """One of config.OPTIMIZERS: sgd, momentum (SGD, momentum 0.9), adam, rmsprop."""
-    params = list(params)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")  # RunConfig.validate rejects it first
 
 
 def _model_fn(model: nn.Module, buffers: Mapping[str, Tensor], params: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -120,9 +107,8 @@ class BilevelTrainer:
         self.metric_functions = self.task.metric_functions()
         self.inner_optimizer = make_optimizer(config.inner_optimizer, self.model.parameters(), config.inner_lr)
         self.hyper_optimizer = (make_optimizer(config.hyper_optimizer, self.family.hparams().values(),
-                                               config.hyper_lr) if self.family.num_hparams else None)
-        self.solver = make_solver(config.solver, terms=config.terms, alpha=config.alpha,
-                                  damping=config.damping, rank=config.rank)
+                                               config.hyper_lr) if self.family.tunable else None)
+        self.solver = config.make_solver()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.inner_step_count = 0  # across epochs: a hyper step follows every inner_steps-th inner step
@@ -168,8 +154,8 @@ class BilevelTrainer:
         metrics.update(stats.summary())
         if stats.rejected:
             logger.warning("epoch %d: rejected %d of %d hyper steps (non-finite hypergradient or diverged solve; "
-                           "λ kept). Lower inner_lr / hyper_lr or alpha, or add damping", self.epoch, stats.rejected,
-                           stats.steps)
+                           "λ kept). Lower inner_lr / hyper_lr or solver.alpha, or add solver.damping",
+                           self.epoch, stats.rejected, stats.steps)
         metrics["num_hparams"] = self.family.num_hparams
         metrics.update(self.family.summaries(self._params()))
         metrics["epoch_time_s"] = time.perf_counter() - start

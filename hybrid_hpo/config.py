@@ -12,22 +12,100 @@ per weight, tuned by the IFT hypergradient with a 5-term Neumann series.
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import re
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.optimizers import OPTIMIZERS
+from hybrid_hpo.rules import Described, OneOf, Range
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
-"""Names accepted by ``inner_optimizer`` and ``hyper_optimizer`` (``momentum`` = SGD, momentum 0.9)."""
 DIVERGED_POLICIES: tuple[str, ...] = ("reject", "apply")
 """``diverged_policy``: what a hyper step does with a finite hypergradient whose solver diverged."""
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+FIXED_DECAY: float = 1e-3
+"""The default c of the fixed L2 term c/2·Σ‖w‖² (``fixed_decay``), for RunConfig and the families."""
+FIXED_DECAY_RULE = Range(0)
+"""``fixed_decay``: a number >= 0 (0: no L2); checked by RunConfig and the families' constructors."""
+
+SOLVER_PREFIX = "solver."
+"""A solver option's setting name is ``solver.<option>`` (``solver.max_iter``): a YAML ``solver:``
+key, a ``--solver-option`` of the CLI, a searched name and a Ray Tune config key."""
+MOVED: dict[str, str] = {
+    "terms": "solver.terms (neumann) or solver.max_iter (cg)",
+    "alpha": "solver.alpha (neumann)",
+    "damping": "solver.damping (neumann, cg, exact) or solver.rho (nystrom)",
+    "rank": "solver.rank (nystrom)",
+}
+"""Settings that became solver options, and what to write instead."""
+
+
+def setting(default: Any, help: str, rule: Any) -> Any:
+    """A RunConfig field: its default, one line of help and the rule of its allowed values (None:
+    its type is the rule); ``hybrid-hpo run --help`` shows ``help; allowed values``."""
+    return field(default=default, metadata={"help": help, "rule": rule})
+
+
+def _datasets() -> tuple[str, ...]:
+    from hybrid_hpo.data import DATASETS
+
+    return DATASETS
+
+
+def _models() -> tuple[str, ...]:
+    from hybrid_hpo.models import MODELS
+
+    return MODELS
+
+
+def _activations() -> tuple[str, ...]:
+    from hybrid_hpo.models import ACTIVATIONS
+
+    return tuple(ACTIVATIONS)
+
+
+def _families() -> tuple[str, ...]:
+    from hybrid_hpo.hyper import FAMILIES
+
+    return tuple(FAMILIES)
+
+
+def _granularities() -> tuple[str, ...]:
+    from hybrid_hpo.hyper import GRANULARITIES
+
+    return GRANULARITIES
+
+
+def _solvers() -> tuple[str, ...]:
+    from hybrid_hpo.implicit import SOLVERS
+
+    return tuple(SOLVERS)
+
+
+def _check_device(name: str, value: str) -> None:
+    if not _DEVICE.fullmatch(value):
+        raise ConfigError(f"{name} must be auto, cpu, cuda or cuda:N (got {value!r})")
+
+
+def _check_hidden(name: str, value: tuple[int, ...]) -> None:
+    if any(width < 1 for width in value):
+        raise ConfigError(f"hidden layer widths must be integers >= 1 (got {list(value)}); e.g. --hidden 256 256")
+
+
+def _check_task(name: str, value: str | None) -> None:
+    if value is not None and ":" not in value:
+        raise ConfigError(f"task: {value!r} is not a factory name; use FILE.py:FUNCTION or MODULE:FUNCTION, "
+                          "e.g. my_tasks.py:make_task")
+
+
+_DEVICE_RULE = Described("auto, cpu, cuda or cuda:N", _check_device)
+_HIDDEN = Described("integers >= 1, e.g. 256 256", _check_hidden)
+_TASK = Described("FILE.py:FUNCTION or MODULE:FUNCTION", _check_task)
 
 
 @dataclass
@@ -45,63 +123,67 @@ class RunConfig:
     augmenter; ``augment_shift`` / ``augment_flip``, the fixed_augment baseline's max shift in pixels
     and mirroring; ``distill_per_class``, distilled images per class; ``fixed_dropout``, the drop rate of the ``fixed``
     family, which has no λ: plain training with a fixed L2 ``fixed_decay`` and fixed dropout). Hypergradient: ``solver`` with
-    ``terms`` (Neumann K / CG iterations), ``alpha`` (Neumann step, a number or "auto"), ``damping``,
-    ``rank`` (Nyström), ``diverged_policy`` (a finite hypergradient from a diverged solve: "reject"
+    ``solver_options`` (that solver's own options, set as ``solver.<option>``: ``solver.terms``
+    and ``solver.alpha`` of neumann, ``solver.max_iter`` of cg, ``solver.rank`` of nystrom, ...; see
+    docs/solvers.md), ``diverged_policy`` (a finite hypergradient from a diverged solve: "reject"
     the hyper step, the default, or "apply" it).
     Loop (Algorithm 2 of Lorraine et al. 2020): ``inner_steps`` optimizer steps on the weights
     (``inner_optimizer``, ``inner_lr``, mini-batches of ``batch_size``), then one step on λ
     (``hyper_optimizer``, ``hyper_lr``); ``epochs`` passes over the training split.
     """
 
-    task: str | None = None
-    dataset: str = "digits"
-    model: str = "mlp"
-    family: str = "weight_decay"
-    granularity: str = "per_weight"
-    solver: str = "neumann"
-    terms: int = 5
-    alpha: float | str = 0.1
-    damping: float = 0.0
-    rank: int = 10
-    diverged_policy: str = "reject"
-    inner_lr: float = 0.1
-    inner_optimizer: str = "momentum"
-    hyper_lr: float = 0.03
-    hyper_optimizer: str = "adam"
-    val_fraction: float = 0.5
-    inner_steps: int = 2
-    epochs: int = 100
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    hidden: tuple[int, ...] = (512, 256)
-    activation: str = "relu"
-    init_decay: float = 1e-3
-    fixed_decay: float = 1e-3
-    augment_width: int = 8
-    augment_shift: int = 1
-    augment_flip: bool = False
-    distill_per_class: int = 1
-    data_root: str | None = None
-    download: bool = False
-    train_size: int | None = None
-    val_size: int | None = None
-    imbalance: float | None = None
-    init_dropout: float = 0.1
-    fixed_dropout: float = 0.0
-    num_workers: int = 0
+    task: str | None = setting(None, "your own task: a factory returning a hybrid_hpo.Task (none: the built-in task)", _TASK)
+    dataset: str = setting("digits", "built-in dataset", OneOf(_datasets))
+    model: str = setting("mlp", "built-in model", OneOf(_models))
+    family: str = setting("weight_decay", "hyperparameter family tuned by hypergradient", OneOf(_families))
+    granularity: str = setting("per_weight", "one decay for all weights, per tensor, or per weight", OneOf(_granularities))
+    solver: str = setting("neumann", "inverse-HVP solver; its options via --solver-option", OneOf(_solvers))
+    solver_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the solver's own options (solver.<option>)"})
+    diverged_policy: str = setting("reject", "a finite hypergradient from a diverged solve: reject the hyper step or apply it", OneOf(DIVERGED_POLICIES))
+    inner_lr: float = setting(0.1, "learning rate of the weights", Range(0, open_low=True))
+    inner_optimizer: str = setting("momentum", "optimizer of the weights (momentum = SGD, momentum 0.9)", OneOf(OPTIMIZERS))
+    hyper_lr: float = setting(0.03, "learning rate of the hyperparameters λ", Range(0, open_low=True))
+    hyper_optimizer: str = setting("adam", "optimizer of the hyperparameters λ", OneOf(OPTIMIZERS))
+    val_fraction: float = setting(0.5, "validation share of the non-test data (L_V)", Range(0, 1, open_low=True, open_high=True))
+    inner_steps: int = setting(2, "weight steps per hyper step", Range(1, integer=True))
+    epochs: int = setting(100, "passes over the training split", Range(1, integer=True))
+    batch_size: int = setting(64, "mini-batch size", Range(1, integer=True))
+    seed: int = setting(0, "seed of the data split, initialisation and batches", Range(0, 2**32, open_high=True, integer=True))
+    device: str = setting("auto", "where to train", _DEVICE_RULE)
+    hidden: tuple[int, ...] = setting((512, 256), "layer widths of mlp (lstm_lm: its width)", _HIDDEN)
+    activation: str = setting("relu", "activation of mlp", OneOf(_activations))
+    init_decay: float = setting(1e-3, "initial decay", Range(0, open_low=True))
+    fixed_decay: float = setting(FIXED_DECAY, "fixed L2 c/2·||w||² in L_T (0: none)", FIXED_DECAY_RULE)
+    augment_width: int = setting(8, "channels of the learned augmenter", Range(1, integer=True))
+    augment_shift: int = setting(1, "largest random shift in pixels", Range(0, integer=True))
+    augment_flip: bool = setting(False, "mirror images at random", None)
+    distill_per_class: int = setting(1, "distilled images per class", Range(1, integer=True))
+    data_root: str | None = setting(None, "folder of downloaded datasets (none: the default cache)", None)
+    download: bool = setting(False, "download a missing dataset (mnist, cifar...)", None)
+    train_size: int | None = setting(None, "training examples used", Range(1, integer=True, optional="the whole split"))
+    val_size: int | None = setting(None, "validation examples used", Range(1, integer=True, optional="the whole split"))
+    imbalance: float | None = setting(None, "largest / smallest train class ratio", Range(1, optional="balanced"))
+    init_dropout: float = setting(0.1, "initial drop rate", Range(0, 1, open_low=True, open_high=True))
+    fixed_dropout: float = setting(0.0, "drop rate of plain training", Range(0, 1, open_high=True))
+    num_workers: int = setting(0, "DataLoader workers for datasets that are not in-memory tensors", Range(0, integer=True))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
         """Build and validate a config from ``values`` (missing keys keep their defaults).
 
-        Raises ConfigError on an unknown key, a value of the wrong type, or a bad value.
+        Keys ``solver.<option>`` set ``solver_options``. Raises ConfigError on an unknown key, a
+        value of the wrong type, or a bad value.
         """
         names = field_names()
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown setting {unknown[0]!r}: valid settings are {', '.join(names)}")
-        config = cls(**values)
+        plain = {key: value for key, value in values.items() if not key.startswith(SOLVER_PREFIX)}
+        for key in sorted(set(plain) - set(names) - {"solver_options"}):
+            raise ConfigError(unknown_setting_message(key))
+        dotted = {key.removeprefix(SOLVER_PREFIX): value for key, value in values.items()
+                  if key.startswith(SOLVER_PREFIX)}
+        options = dict(plain.pop("solver_options", None) or {})
+        for key in sorted(set(dotted) & set(options)):
+            raise ConfigError(f"solver.{key}: given twice (in solver_options and as solver.{key}); keep one")
+        config = cls(**plain, solver_options={**options, **dotted})
         config.validate()
         return config
 
@@ -109,93 +191,82 @@ class RunConfig:
         """Convert each value to its field type (e.g. "0.1" -> 0.1, [256] -> (256,)); ConfigError
         naming the field when impossible. Value ranges are checked by :meth:`validate`."""
         for name, hint in _type_hints().items():
-            setattr(self, name, _coerce(name, hint, getattr(self, name)))
+            if name != "solver_options":
+                setattr(self, name, _coerce(name, hint, getattr(self, name)))
+        self.solver_options = _solver_options(self.solver, self.solver_options)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-ready values (``hidden`` as a list); ``from_mapping`` inverts it."""
+        """Plain JSON/YAML-ready values (``hidden`` as a list, each solver option as
+        ``solver.<option>``); ``from_mapping`` inverts it."""
         values = dataclasses.asdict(self)
         values["hidden"] = list(self.hidden)
+        for key, value in values.pop("solver_options").items():
+            values[SOLVER_PREFIX + key] = value
         return values
 
-    def validate(self) -> None:
-        """Raise ConfigError (one line: the field and the fix) on the first bad setting."""
-        from hybrid_hpo.data import DATASETS
-        from hybrid_hpo.hyper import FAMILIES
-        from hybrid_hpo.implicit import SOLVERS
-        from hybrid_hpo.models import ACTIVATIONS, MODELS
+    def make_solver(self) -> Any:
+        """The configured inverse-HVP solver (its constructor validates the options)."""
+        from hybrid_hpo.implicit import make_solver
 
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, MODELS)
-        _choice("family", self.family, tuple(FAMILIES))
-        _choice("solver", self.solver, SOLVERS)
-        _choice("inner_optimizer", self.inner_optimizer, OPTIMIZERS)
-        _choice("hyper_optimizer", self.hyper_optimizer, OPTIMIZERS)
-        _choice("activation", self.activation, tuple(ACTIVATIONS))
-        _at_least("terms", self.terms, 0)
-        if self.alpha != "auto" and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ConfigError(f"alpha must be > 0 or 'auto' (got {self.alpha!r}); the Neumann step needs "
-                              "0 < alpha < 2/λ_max(H), e.g. 0.1, or 'auto' to estimate it")
-        if not (math.isfinite(self.damping) and self.damping >= 0):
-            raise ConfigError(f"damping must be >= 0 (got {self.damping!r}); use 0 for none or e.g. 1e-2")
-        _at_least("rank", self.rank, 1)
-        _choice("diverged_policy", self.diverged_policy, DIVERGED_POLICIES)
-        _positive("inner_lr", self.inner_lr)
-        _positive("hyper_lr", self.hyper_lr)
-        _positive("init_decay", self.init_decay)
-        if not (math.isfinite(self.fixed_decay) and self.fixed_decay >= 0):
-            raise ConfigError(f"fixed_decay must be >= 0 (got {self.fixed_decay!r}); e.g. 1e-3, or 0 for no L2")
-        _at_least("augment_width", self.augment_width, 1)
-        _at_least("augment_shift", self.augment_shift, 0)
-        _at_least("distill_per_class", self.distill_per_class, 1)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be strictly between 0 and 1 (got {self.val_fraction!r}); "
-                              "e.g. 0.5")
-        _at_least("inner_steps", self.inner_steps, 1)
-        _at_least("epochs", self.epochs, 1)
-        _at_least("batch_size", self.batch_size, 1)
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be an integer in [0, 2**32) (got {self.seed!r})")
-        if not _DEVICE.fullmatch(self.device):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
-        if any(width < 1 for width in self.hidden):
-            raise ConfigError(f"hidden layer widths must be integers >= 1 (got {list(self.hidden)}); "
-                              "e.g. --hidden 256 256")
-        for name in ("train_size", "val_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1 or none for the whole split (got {value!r})")
-        _at_least("num_workers", self.num_workers, 0)
-        if self.task is not None and ":" not in self.task:
-            raise ConfigError(f"task: {self.task!r} is not a factory name; use FILE.py:FUNCTION or MODULE:FUNCTION, "
-                              "e.g. my_tasks.py:make_task")
-        if self.imbalance is not None and not (math.isfinite(self.imbalance) and self.imbalance >= 1):
-            raise ConfigError(f"imbalance must be a ratio >= 1 (largest / smallest train class) or none "
-                              f"(got {self.imbalance!r}); e.g. 50")
+        return make_solver(self.solver, self.solver_options)
+
+    def validate(self) -> None:
+        """Raise ConfigError (one line: the field and the fix) on the first bad setting: each field's
+        rule (the allowed values ``hybrid-hpo run --help`` shows), the solver's own constructor, then
+        the family's own checks."""
+        from hybrid_hpo.hyper import FAMILIES
+
+        for item in dataclasses.fields(self):
+            rule = item.metadata.get("rule")
+            if rule is not None:
+                rule.check(item.name, getattr(self, item.name))
+        self.make_solver()
         FAMILIES[self.family].validate_config(self)
 
 
 def field_names() -> tuple[str, ...]:
-    """RunConfig's fields in declaration order (the CLI flag order)."""
-    return tuple(f.name for f in dataclasses.fields(RunConfig))
+    """RunConfig's settings in declaration order (the CLI flag order); ``solver_options`` is set
+    as ``solver.<option>`` (see :func:`is_setting`)."""
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "solver_options")
+
+
+def is_setting(key: str) -> bool:
+    """``key`` names a RunConfig setting: a field, or ``solver.<option>`` (checked against the
+    chosen solver when the config is built)."""
+    return key in field_names() or (key.startswith(SOLVER_PREFIX) and key != SOLVER_PREFIX)
+
+
+def unknown_setting_message(key: str, field: str | None = None) -> str:
+    """One line for an unknown setting ``key`` (at spec field ``field``): the moved solver
+    settings name their new spelling, others get the closest valid name."""
+    import difflib
+
+    where = field or key
+    if key in MOVED:
+        return f"{where}: is now a solver option; write {MOVED[key]}"
+    names = field_names()
+    guess = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean {guess[0]!r}?" if guess else f"valid settings: {', '.join(names)}, solver.<option>"
+    return f"{where}: unknown setting; {hint}"
+
+
+def _solver_options(solver: Any, options: Any) -> dict[str, Any]:
+    """``options`` converted to the types the solver declares, its defaults filled in (so equal
+    settings compare equal); unchanged when ``solver`` is not registered (validate reports it)."""
+    from hybrid_hpo.implicit import SOLVERS, options_of
+
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"solver_options must be a mapping of option -> value (got {options!r})")
+    if solver not in SOLVERS:
+        return dict(options)
+    declared = {info.name: info for info in options_of(SOLVERS[solver])}
+    return {**{name: info.default for name, info in declared.items()},
+            **{key: _coerce(SOLVER_PREFIX + key, declared[key].type, value) if key in declared else value
+               for key, value in options.items()}}
 
 
 def _type_hints() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
-
-
-def _at_least(name: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{name} must be an integer >= {low} (got {value!r})")
-
-
-def _positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a number > 0 (got {value!r})")
 
 
 _NUMBERS = {int: (numbers.Integral, "an integer"), float: (numbers.Real, "a number")}  # type -> (accepted, noun)

@@ -15,7 +15,8 @@ import typing
 from typing import Any
 
 from hybrid_hpo.checks import check_device, check_output_file, check_writable
-from hybrid_hpo.config import RunConfig
+from hybrid_hpo.config import MOVED, SOLVER_PREFIX, RunConfig
+from hybrid_hpo.errors import ConfigError
 
 _DIAGNOSTICS = (  # (metrics key, header, format) after the split metrics
     ("hypergrad_norm", "|hypergrad|", "{:>11.3e}"),
@@ -38,26 +39,92 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run", help="one bilevel run: weights by SGD, hyperparameters by IFT hypergradients",
         description="Train a model while tuning its hyperparameters (e.g. one weight decay per weight) by "
                     "implicit differentiation (Lorraine et al. 2020, Algorithm 2). Defaults: MLP on digits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hints = typing.get_type_hints(RunConfig)
+    described: dict[str, dataclasses.Field] = {}
     for field in dataclasses.fields(RunConfig):
-        flags = [f"--{field.name.replace('_', '-')}"] + (["--" + field.name] if "_" in field.name else [])
+        if field.name == "solver_options":
+            continue
         hint = hints[field.name]
         # Values stay strings here; RunConfig converts them and reports bad ones by field name.
-        options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                   "help": f"(default: {_default_text(field.default)})"}
+        options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
         if hint is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
+            options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is tuple:
-            parser.add_argument(*flags, nargs="+", metavar="N", **options)
+            options.update(nargs="+", metavar="N")
         else:
-            parser.add_argument(*flags, metavar=field.name.upper(), **options)
+            options["metavar"] = field.name.upper()
+        flag = f"--{field.name.replace('_', '-')}"
+        described[field.name] = field  # its help line is written when --help asks (the rules read registries)
+        parser.add_argument(flag, **options)
+        if "_" in field.name:  # the underscore spelling is accepted, not shown
+            parser.add_argument(f"--{field.name}", help=argparse.SUPPRESS, **options)
+    solver_option = {"dest": "solver_option", "action": "extend", "nargs": "+", "default": [], "metavar": "OPTION=VALUE"}
+    parser.add_argument("--solver-option", **solver_option,
+                        help="options of the chosen --solver, e.g. --solver cg --solver-option max_iter=20 rtol=1e-6")
+    parser.add_argument("--solver_option", **solver_option, help=argparse.SUPPRESS)
+    for name in MOVED:  # not shown; refused with the new spelling
+        parser.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch table")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the per-epoch metrics to PATH (a JSON list)")
     parser.add_argument("--pictures", metavar="DIR", default=None,
                         help="at the end, write the family's pictures of the learned hyperparameters (PNG) to DIR")
     parser.set_defaults(handler=run)
+    parser.format_help = _with_help_lines(parser, described)
+
+
+def _with_help_lines(parser: argparse.ArgumentParser, fields: dict[str, dataclasses.Field]) -> Any:
+    """``parser.format_help`` that first writes each field's help line and the solvers' options
+    (importing the solver and family registries only when help is asked for)."""
+    format_help = parser.format_help
+
+    def with_help_lines() -> str:
+        for action in parser._actions:
+            if action.dest in fields and action.help is None:
+                action.help = help_line(fields[action.dest])
+        parser.epilog = solver_options_help()
+        return format_help()
+
+    return with_help_lines
+
+
+def help_line(field: dataclasses.Field) -> str:
+    """``[<families>: ]<meaning>; <allowed values> (default: <value>)`` from the field's declaration,
+    whose rule is also what :meth:`RunConfig.validate` checks, and the families that declare it."""
+    from hybrid_hpo.hyper import FAMILIES
+
+    families = [name for name, family in FAMILIES.items() if field.name in family.settings]
+    owner = f"{', '.join(families)}: " if families else ""
+    rule = field.metadata.get("rule")
+    allowed = f"; {rule.describe()}" if rule is not None else ""
+    return f"{owner}{field.metadata['help']}{allowed} (default: {_default_text(field.default)})".replace("%", "%%")
+
+
+def solver_options_help() -> str:
+    """One line per registered solver: its options with their defaults (from the solver classes)."""
+    from hybrid_hpo.implicit import SOLVERS, options_of
+
+    lines = []
+    for name, cls in SOLVERS.items():
+        options = ", ".join(f"{o.name}={_default_text(o.default)}" for o in options_of(cls)) or "no options"
+        lines.append(f"  {name}: {options}")
+    return "solver options (--solver-option OPTION=VALUE; see docs/solvers.md):\n" + "\n".join(lines)
+
+
+def solver_option_settings(pairs: list[str]) -> dict[str, str]:
+    """``["max_iter=20", ...]`` -> ``{"solver.max_iter": "20", ...}`` (RunConfig converts the values);
+    one-line ConfigError for a pair without ``=`` or an option given twice."""
+    settings: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--solver-option: {pair!r} is not OPTION=VALUE; e.g. --solver-option max_iter=20")
+        name = SOLVER_PREFIX + key.strip()
+        if name in settings:
+            raise ConfigError(f"--solver-option: {key.strip()} is given twice; keep one")
+        settings[name] = value.strip()
+    return settings
 
 
 def _default_text(value: Any) -> str:
@@ -92,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_hpo.bilevel import BilevelTrainer
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
+    values.update(solver_option_settings(args.solver_option))
+    values.update({name: getattr(args, name) for name in MOVED if hasattr(args, name)})
     config = RunConfig.from_mapping(values)
     check_device(config.device)
     if args.json:

@@ -23,6 +23,23 @@ def _unflat(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return dict(zip(like, unflatten(vector, list(like.values()))))
 
 
+def lbfgs_warm_start(train_loss: Loss, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A point near a minimum of train_loss(·, hparams) by L-BFGS from ``params`` (Newton alone may
+    stall on a non-convex network from its initialisation)."""
+    w = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    optimizer = torch.optim.LBFGS(list(w.values()), max_iter=500, tolerance_grad=1e-10,
+                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = train_loss(w, hparams)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return {k: v.detach() for k, v in w.items()}
+
+
 def newton_minimize(train_loss: Loss, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                     tol: float = 1e-11, max_iter: int = 50) -> dict[str, Tensor]:
     """argmin_w train_loss(w, hparams) by damped Newton with the dense Hessian, from ``params``;

@@ -119,8 +119,8 @@ def test_random_shift_is_a_zero_padded_integer_shift_and_covers_all_offsets():
         assert any(torch.equal(p[:, k : k + 10], o) for k in range(5))
 
 
-SMALL = dict(model="mlp", hidden=[32], batch_size=64, inner_steps=3, device="cpu", terms=3, alpha="auto",
-             fixed_decay=1e-4, augment_width=4, epochs=2)
+SMALL = dict(model="mlp", hidden=[32], batch_size=64, inner_steps=3, device="cpu", fixed_decay=1e-4,
+             augment_width=4, epochs=2, **{"solver.terms": 3, "solver.alpha": "auto"})
 
 
 def trainer(**overrides):

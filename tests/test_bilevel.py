@@ -10,7 +10,7 @@ import hybrid_hpo.bilevel as bilevel
 from hybrid_hpo.bilevel import BilevelTrainer, resolve_device
 from hybrid_hpo.config import RunConfig
 
-SMALL = dict(hidden=[64], batch_size=64, inner_steps=3, device="cpu", terms=3)
+SMALL = {"hidden": [64], "batch_size": 64, "inner_steps": 3, "device": "cpu", "solver.terms": 3}
 
 
 def make(**overrides):

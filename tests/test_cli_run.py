@@ -35,7 +35,10 @@ def test_flag_spellings_and_types():
     assert build_parser().parse_args(["run", "--no-download"]).download is False
 
 
-@pytest.mark.parametrize("flag, value, field", [("--alpha", "-1", "alpha"), ("--terms", "-2", "terms"),
+@pytest.mark.parametrize("flag, value, field", [("--solver-option", "alpha=-1", "solver.alpha"),
+                                                ("--solver-option", "terms=-2", "solver.terms"),
+                                                ("--solver-option", "terms", "--solver-option"),
+                                                ("--terms", "3", "terms: is now a solver option"),
                                                 ("--epochs", "abc", "epochs"), ("--val-fraction", "1.5", "val_fraction"),
                                                 ("--dataset", "imagenet", "dataset")])
 def test_bad_value_exits_2_with_one_line(flag, value, field, capsys):
@@ -66,3 +69,24 @@ def test_bad_output_paths_and_device_are_refused_before_training(flags, expected
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected.replace("{tmp}", tmp) in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_run_help_describes_every_option_with_its_allowed_values_in_one_spelling(capsys):
+    import dataclasses
+
+    from hybrid_hpo.config import RunConfig
+    from hybrid_hpo.implicit import SOLVERS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for field in dataclasses.fields(RunConfig):
+        if field.name == "solver_options":
+            continue
+        rule = field.metadata["rule"]
+        assert field.metadata["help"] in text, field.name
+        assert rule is None or rule.describe() in text, field.name  # the rule validate() checks
+        if "_" in field.name:
+            assert f"--{field.name} " not in text, field.name  # only the dash spelling is shown
+    assert all(f"{name}:" in text for name in SOLVERS) and "max_iter=10" in text
+    assert build_parser().parse_args(["run", "--inner_lr", "0.5"]).inner_lr == "0.5"  # still accepted

@@ -31,10 +31,10 @@ SPEC = {
         "bo_only": {"settings": {"family": "fixed"},
                     "search": {"inner_lr": {"type": "loguniform", "low": 0.01, "high": 0.3},
                                "fixed_dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}},
-        "ift_defaults": {"settings": {"family": "weight_decay", "terms": 2}},
+        "ift_defaults": {"settings": {"family": "weight_decay", "solver.terms": 2}},
         "hybrid": {"settings": {"family": "weight_decay"}, "startup_trials": 2, "warm_start": True,
                    "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1},
-                              "terms": {"type": "int", "low": 1, "high": 6}}},
+                              "solver.terms": {"type": "int", "low": 1, "high": 6}}},
     },
 }
 
@@ -75,7 +75,7 @@ def test_compare_runs_three_strategies_and_writes_a_finite_table(ray_session, tm
         assert len(run["records"]) == MAX_TRIALS * SPEC["task"]["epochs"]
         assert set(study.trials[0].params) == set(SPEC["strategies"][strategy]["search"])
         if strategy == "hybrid":  # warm start: the first trial runs RunConfig's defaults
-            assert study.trials[0].params == {"hyper_lr": 0.03, "terms": 5}
+            assert study.trials[0].params == {"hyper_lr": 0.03, "solver.terms": 5}
         assert all(t.state == TrialState.COMPLETE and "test_acc" in t.user_attrs for t in study.trials)
         best = min((r for r in run["records"] if math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
         assert rows[strategy]["test_acc_mean"] == best["test_acc"]  # the pick is the best validation record

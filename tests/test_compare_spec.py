@@ -24,7 +24,8 @@ GOOD = {
 
 def _with(path: str, value):
     raw = yaml.safe_load(yaml.safe_dump(GOOD))
-    *parents, last = path.split(".")
+    *parents, last = path.replace("solver.", "solver:").split(".")  # solver.<option> is one key
+    parents, last = [p.replace(":", ".") for p in parents], last.replace("solver:", "solver.")
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
@@ -56,7 +57,8 @@ def test_shipped_comparisons_load_with_three_sweepable_strategies(path):
     ("strategies.hybrid.settingz", {}, "strategies.hybrid.settingz: unknown key; did you mean 'settings'?"),
     ("strategies.hybrid.search.hyper_lr.hi", 1, "strategies.hybrid.search.hyper_lr.hi: unknown key; did you mean 'high'?"),
     ("strategies.hybrid.search.hyper_lr.low", -1.0, "strategies.hybrid.search.hyper_lr"),
-    ("strategies.hybrid.search.terms", {"type": "int", "low": -3, "high": 2}, "strategies.hybrid.search.terms: must be an integer >= 0"),
+    ("strategies.hybrid.search.solver.terms", {"type": "int", "low": -3, "high": 2},
+     "strategies.hybrid.search.solver.terms: must be an integer >= 0"),
     ("task.seed", 3, "task.seed: the replicates' seeds come from seeds"),
     ("task.hiden", [3], "task.hiden: unknown setting; did you mean 'hidden'?"),
     ("metric", "test_acc", "metric: 'test_acc' cannot select models"),

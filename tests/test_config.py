@@ -7,7 +7,9 @@ from hybrid_hpo.config import RunConfig, field_names
 from hybrid_hpo.errors import ConfigError
 
 BAD = [
-    ("terms", -1), ("alpha", 0.0), ("alpha", -0.5), ("alpha", "fast"), ("damping", -1e-3), ("rank", 0),
+    ("solver.terms", -1), ("solver.alpha", 0.0), ("solver.alpha", -0.5), ("solver.alpha", "fast"),
+    ("solver.damping", -1e-3), ("solver.power_iters", 0), ("solver.no_such_option", 1),
+    ("terms", 5), ("alpha", 0.1), ("damping", 0.1), ("rank", 4),  # moved into the solver's options
     ("inner_lr", 0.0), ("hyper_lr", -1.0), ("init_decay", 0.0),
     ("val_fraction", 0.0), ("val_fraction", 1.0), ("val_fraction", 1.5),
     ("inner_steps", 0), ("epochs", 0), ("epochs", "abc"), ("batch_size", 0), ("seed", -1),
@@ -27,15 +29,31 @@ def test_bad_value_raises_one_line_error_naming_the_field(field, value):
     assert "\n" not in message
 
 
-def test_unknown_key_lists_valid_settings():
-    with pytest.raises(ConfigError, match=r"^unknown setting 'foo': valid settings are ") as caught:
+def test_unknown_key_lists_valid_settings_or_the_closest():
+    with pytest.raises(ConfigError, match=r"^foo: unknown setting; valid settings: ") as caught:
         RunConfig.from_mapping({"epochs": 3, "foo": 1})
     assert "inner_lr" in str(caught.value) and "val_fraction" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^inner_l: unknown setting; did you mean 'inner_lr'\?$"):
+        RunConfig.from_mapping({"inner_l": 0.1})
+
+
+def test_a_moved_solver_setting_names_its_new_spelling():
+    with pytest.raises(ConfigError, match=r"^terms: is now a solver option; write solver.terms \(neumann\) or "
+                                          r"solver.max_iter \(cg\)$"):
+        RunConfig.from_mapping({"solver": "cg", "terms": 5})
+
+
+def test_solver_options_come_dotted_or_as_a_mapping_but_not_both():
+    dotted = RunConfig.from_mapping({"solver": "cg", "solver.max_iter": "20", "solver.rtol": "1e-6"})
+    mapping = RunConfig.from_mapping({"solver": "cg", "solver_options": {"max_iter": 20, "rtol": 1e-6}})
+    assert dotted == mapping and dotted.make_solver().max_iter == 20 and dotted.solver_options["rtol"] == 1e-6
+    with pytest.raises(ConfigError, match=r"^solver.max_iter: given twice"):
+        RunConfig.from_mapping({"solver": "cg", "solver_options": {"max_iter": 2}, "solver.max_iter": 3})
 
 
 def test_defaults_are_valid_and_names_are_stable():
     RunConfig().validate()
-    for name in ("dataset", "model", "family", "granularity", "solver", "terms", "alpha", "damping", "rank",
+    for name in ("dataset", "model", "family", "granularity", "solver",
                  "inner_lr", "inner_optimizer", "hyper_lr", "hyper_optimizer", "val_fraction", "inner_steps",
                  "epochs", "batch_size", "seed", "device", "hidden", "activation", "init_decay", "data_root",
                  "download", "train_size", "val_size"):
@@ -43,7 +61,7 @@ def test_defaults_are_valid_and_names_are_stable():
 
 
 def test_round_trip_through_dict_and_json():
-    config = RunConfig.from_mapping({"solver": "cg", "terms": 7, "alpha": "auto", "hidden": [64, 32],
+    config = RunConfig.from_mapping({"solver": "neumann", "solver.terms": 7, "solver.alpha": "auto", "hidden": [64, 32],
                                      "granularity": "per_tensor", "train_size": 100, "device": "cuda:1",
                                      "download": True, "data_root": "/tmp/data", "inner_lr": 0.05})
     assert RunConfig.from_mapping(config.to_dict()) == config
@@ -53,6 +71,6 @@ def test_round_trip_through_dict_and_json():
 
 def test_strings_are_converted_to_field_types():
     config = RunConfig.from_mapping({"inner_lr": "0.5", "epochs": "3", "hidden": "64,32", "download": "true",
-                                     "train_size": "none", "alpha": "0.2"})
+                                     "train_size": "none", "solver.alpha": "0.2"})
     assert config.inner_lr == 0.5 and config.epochs == 3 and config.hidden == (64, 32)
-    assert config.download is True and config.train_size is None and config.alpha == 0.2
+    assert config.download is True and config.train_size is None and config.solver_options["alpha"] == 0.2

@@ -189,7 +189,7 @@ def test_hypergradient_on_cuda_equals_cpu(name):
 
 # ------------------------------------------------------------ BilevelTrainer and its checkpoint
 
-RUN = dict(dataset="digits", model="mlp", hidden=[32], batch_size=64, inner_steps=3, terms=3, epochs=2, seed=5)
+RUN = dict(dataset="digits", model="mlp", hidden=[32], batch_size=64, inner_steps=3, epochs=2, seed=5, **{"solver.terms": 3})
 METRICS = ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc", "hypergrad_norm")
 
 

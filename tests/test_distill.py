@@ -98,7 +98,7 @@ def test_bilevel_distillation_lowers_real_validation_loss(tmp_path):
     from hybrid_hpo.config import RunConfig
 
     settings = dict(family="distill", model="logreg", distill_per_class=1, fixed_decay=1e-3, solver="cg",
-                    terms=20, inner_lr=0.1, inner_steps=2, batch_size=128, epochs=6, device="cpu")
+                    inner_lr=0.1, **{"solver.max_iter": 20}, inner_steps=2, batch_size=128, epochs=6, device="cpu")
     tuned = BilevelTrainer(RunConfig.from_mapping({**settings, "hyper_lr": 0.05}))
     history = tuned.fit(progress=False)
     fixed = BilevelTrainer(RunConfig.from_mapping({**settings, "hyper_lr": 1e-9})).fit(progress=False)

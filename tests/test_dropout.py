@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from ift_check import directional_fd, inner, newton_minimize
+from ift_check import directional_fd, inner, lbfgs_warm_start, newton_minimize
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.base import GENERATOR_KEY
@@ -59,22 +59,6 @@ def test_prediction_has_no_dropout_and_training_noise_is_reproducible():
     assert (logits - model(x)).abs().max() > 0.05  # the noise is not negligible
 
 
-def _lbfgs(train_loss, params, lam):
-    """A warm start near a minimum (Newton alone may stall on the non-convex network from its init)."""
-    w = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    optimizer = torch.optim.LBFGS(list(w.values()), max_iter=500, tolerance_grad=1e-10,
-                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = train_loss(w, lam)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return {k: v.detach() for k, v in w.items()}
-
-
 def _fd_check(name, input_shape, hidden, classes, x_train, y_train, x_val, y_val, l2, directions=3):
     """IFT (Exact solver) at the Newton-exact w*(λ) versus central differences, one fixed noise draw."""
     _, params, family, fn = _family(name, input_shape, hidden, classes, dtype=torch.float64, seed=1)
@@ -92,7 +76,7 @@ def _fd_check(name, input_shape, hidden, classes, x_train, y_train, x_val, y_val
     def val_loss(w, hp):
         return family.val_loss(fn, w, hp, (x_val, y_val, torch.arange(m)))
 
-    w_star = newton_minimize(train_loss, _lbfgs(train_loss, params, lam), lam)
+    w_star = newton_minimize(train_loss, lbfgs_warm_start(train_loss, params, lam), lam)
     grads = hypergradient(train_loss, val_loss, w_star, lam, solver=Exact())
     assert max(g.abs().max() for g in grads.values()) > 1e-5
     for _ in range(directions):
@@ -156,7 +140,7 @@ def test_bilevel_end_to_end(settings):
     from hybrid_hpo.config import RunConfig
 
     config = RunConfig.from_mapping({
-        "family": "dropout", "init_dropout": 0.2, "solver": "neumann", "terms": 3, "alpha": 0.1,
+        "family": "dropout", "init_dropout": 0.2, "solver": "neumann", "solver.terms": 3, "solver.alpha": 0.1,
         "inner_lr": 0.1, "hyper_lr": 0.05, "epochs": 2, "inner_steps": 1, "device": "cpu",
         "val_fraction": 0.2, **settings,
     })

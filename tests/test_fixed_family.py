@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hybrid_hpo.bilevel import BilevelTrainer
 from hybrid_hpo.config import RunConfig
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.augment import l2_penalty
+from hybrid_hpo.hyper.penalty import l2_penalty
 from hybrid_hpo.hyper.fixed import FixedRegularization
 from hybrid_hpo.models import build_model
 from hybrid_hpo.nn import dropout_sites
@@ -58,9 +58,9 @@ def test_bilevel_run_takes_no_hyper_steps_and_restores_bit_for_bit():
 
 
 @pytest.mark.parametrize("settings, field", [
-    ({"family": "fixed", "fixed_dropout": 1.0}, "fixed_dropout must be a rate in [0, 1)"),
+    ({"family": "fixed", "fixed_dropout": 1.0}, "fixed_dropout must be a number >= 0 and < 1"),
     ({"family": "fixed", "fixed_dropout": 0.2, "model": "logreg"}, "fixed_dropout: the fixed family needs dropout sites, which 'logreg' has not"),
-    ({"family": "fixed", "fixed_decay": -1.0}, "fixed_decay must be >= 0"),
+    ({"family": "fixed", "fixed_decay": -1.0}, "fixed_decay must be a number >= 0"),
 ])
 def test_bad_settings_name_the_field(settings, field):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace(")", r"\)")):

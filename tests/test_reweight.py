@@ -106,7 +106,7 @@ def test_bilevel_end_to_end_on_imbalanced_digits():
 
     config = RunConfig.from_mapping({
         "dataset": "digits", "imbalance": 10, "val_fraction": 0.2, "model": "logreg", "family": "reweight",
-        "solver": "cg", "terms": 10, "inner_lr": 0.3, "hyper_lr": 0.1, "epochs": 2, "inner_steps": 2,
+        "solver": "cg", "solver.max_iter": 10, "inner_lr": 0.3, "hyper_lr": 0.1, "epochs": 2, "inner_steps": 2,
         "batch_size": 64, "device": "cpu", "seed": 1,
     })
     trainer = BilevelTrainer(config)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hybrid_hpo import ConjugateGradient, Exact, Identity, Neumann, Nystrom, make_solver
+from hybrid_hpo import SOLVERS, ConjugateGradient, Exact, Identity, Neumann, Nystrom, Solver, make_solver
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.implicit import CallableOperator, HessianOperator, dense_matrix
 from hybrid_hpo.implicit.tensor_list import flatten, unflatten
@@ -145,6 +145,14 @@ def test_neumann_never_flags_an_alpha_below_two_over_lambda_max(matrix, terms, d
         assert relative_error(solution.p, reference(matrix, v, damping)) < 1e-2
 
 
+def test_neumann_does_not_flag_a_long_series_whose_terms_underflowed(matrix):
+    """At K = 2000 the terms (I − αA)^j v underflow to 0; their norm ratio is no curvature bound."""
+    v = random_vector()
+    solution = Neumann(terms=2000, alpha=1.0 / 5.7, damping=0.7).solve(operator(matrix), v)
+    assert relative_error(solution.p, reference(matrix, v, 0.7)) < 1e-12
+    assert not bool(solution.diverged)
+
+
 def test_neumann_auto_alpha_converges_where_a_fixed_alpha_diverges():
     matrix = spd(torch.linspace(10.0, 80.0, N))  # α = 0.1 > 2/80 diverges
     v = random_vector()
@@ -234,31 +242,37 @@ def test_hessian_operator_matches_torch_func_hessian():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("name", "options", "field"),
     [
-        ({"name": "neumann", "terms": -1}, "terms"),
-        ({"name": "neumann", "alpha": 0.0}, "alpha"),
-        ({"name": "neumann", "alpha": -0.1}, "alpha"),
-        ({"name": "cg", "terms": -2}, "max_iter"),
-        ({"name": "cg", "damping": -1.0}, "damping"),
-        ({"name": "nystrom", "rank": 0}, "rank"),
-        ({"name": "newton"}, "solver"),
+        ("neumann", {"terms": -1}, "solver.terms"),
+        ("neumann", {"alpha": 0.0}, "solver.alpha"),
+        ("neumann", {"alpha": -0.1}, "solver.alpha"),
+        ("neumann", {"alpha": math.nan}, "solver.alpha"),
+        ("cg", {"max_iter": -2}, "solver.max_iter"),
+        ("cg", {"damping": -1.0}, "solver.damping"),
+        ("cg", {"rtol": -1.0}, "solver.rtol"),
+        ("cg", {"terms": 5}, "solver.terms"),  # Neumann's option: not CG's
+        ("nystrom", {"rank": 0}, "solver.rank"),
+        ("nystrom", {"rho": 0.0}, "solver.rho"),
+        ("exact", {"damping": -0.1}, "solver.damping"),
+        ("identity", {"damping": 0.1}, "solver.damping"),
+        ("newton", {}, "solver"),
     ],
 )
-def test_bad_solver_settings_raise_one_line_errors_naming_the_field(kwargs, field):
+def test_bad_solver_options_raise_one_line_errors_naming_the_option(name, options, field):
     with pytest.raises(ConfigError) as error:
-        make_solver(**kwargs)
+        make_solver(name, options)
     message = str(error.value)
-    assert message.startswith(field) and "\n" not in message
+    assert message.startswith(f"{field}:") and "\n" not in message
 
 
-def test_make_solver_maps_names_to_solvers():
+def test_make_solver_builds_the_registered_class_with_its_own_options():
     assert make_solver("identity") == Identity()
-    assert make_solver("neumann", terms=7, alpha=0.2, damping=0.1) == Neumann(terms=7, alpha=0.2, damping=0.1)
-    assert make_solver("cg", terms=9, damping=0.1) == ConjugateGradient(max_iter=9, damping=0.1)
-    assert make_solver("nystrom", rank=4) == Nystrom(rank=4)
-    assert make_solver("nystrom", rank=4, damping=0.3) == Nystrom(rank=4, rho=0.3)
-    assert make_solver("exact", damping=0.2) == Exact(damping=0.2)
+    assert make_solver("neumann", {"terms": 7, "alpha": 0.2, "damping": 0.1}) == Neumann(terms=7, alpha=0.2, damping=0.1)
+    assert make_solver("cg", {"max_iter": 9, "rtol": 1e-6}) == ConjugateGradient(max_iter=9, rtol=1e-6)
+    assert make_solver("nystrom", {"rank": 4, "rho": 0.3}) == Nystrom(rank=4, rho=0.3)
+    assert make_solver("exact", {"damping": 0.2}) == Exact(damping=0.2)
+    assert all(isinstance(make_solver(name), Solver) for name in SOLVERS)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ BAD_SPECS = {
                          "search.inner_lr.hihg: unknown key"),
     "inverted_range": ("search:\n  inner_lr: {type: loguniform, low: 0.1, high: 0.01}\n",
                        "search.inner_lr: low (0.1) must be < high (0.01); swap them"),
-    "empty_range": ("search:\n  terms: {type: int, low: 3, high: 3}\n", "search.terms: empty range"),
+    "empty_range": ("search:\n  solver.terms: {type: int, low: 3, high: 3}\n", "search.solver.terms: empty range"),
     "unknown_dataset": ("task: {dataset: imagenet}\n" + GOOD_SEARCH, "task.dataset: unknown value 'imagenet'"),
     "unknown_solver": ("solver: {name: lbfgs}\n" + GOOD_SEARCH, "solver.name: unknown value 'lbfgs'"),
     "zero_trials": ("num_trials: 0\n" + GOOD_SEARCH, "num_trials:"),
@@ -104,10 +104,10 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
 
 
 def test_fixed_sections_merge_and_solver_name_maps_to_solver(tmp_path):
-    (tmp_path / "s.yaml").write_text("task: {hidden: [32]}\ninner: {epochs: 2}\nsolver: {name: cg, terms: 4}\n"
+    (tmp_path / "s.yaml").write_text("task: {hidden: [32]}\ninner: {epochs: 2}\nsolver: {name: cg, max_iter: 4}\n"
                                      + GOOD_SEARCH)
     spec = load_spec(tmp_path / "s.yaml")
-    assert spec.fixed_settings() == {"hidden": [32], "epochs": 2, "solver": "cg", "terms": 4}
+    assert spec.fixed_settings() == {"hidden": [32], "epochs": 2, "solver": "cg", "solver.max_iter": 4}
     assert spec.name == "s"
 
 

@@ -18,7 +18,7 @@ from ray import tune
 from hybrid_hpo import cli
 
 EPOCHS = 3
-TINY = {"dataset": "digits", "model": "mlp", "hidden": [16], "epochs": EPOCHS, "inner_steps": 4, "terms": 2}
+TINY = {"dataset": "digits", "model": "mlp", "hidden": [16], "epochs": EPOCHS, "inner_steps": 4, "solver.terms": 2}
 SPEC = f"""
 task: {{dataset: digits, model: mlp, hidden: [16]}}
 inner: {{epochs: {EPOCHS}, inner_steps: 4}}

@@ -75,7 +75,7 @@ def make_task(config: dict) -> Task:
                 loss=squared_error, metrics={"mae": absolute_error}, name="synthetic")
 
 
-SMALL = {"hidden": [16], "epochs": 6, "batch_size": 32, "inner_lr": 0.05, "inner_steps": 2, "terms": 3,
+SMALL = {"hidden": [16], "epochs": 6, "batch_size": 32, "inner_lr": 0.05, "inner_steps": 2, "solver.terms": 3,
          "device": "cpu", "val_fraction": 0.25}
 
 

@@ -22,7 +22,7 @@ import test_task  # noqa: E402 - the user's model, dataset and factory, defined 
 ray.cloudpickle.register_pickle_by_value(test_task)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-FIXED = {"family": "weight_decay", "epochs": 2, "batch_size": 32, "inner_steps": 2, "terms": 2, "device": "cpu",
+FIXED = {"family": "weight_decay", "epochs": 2, "batch_size": 32, "inner_steps": 2, "solver.terms": 2, "device": "cpu",
          "val_fraction": 0.25}
 
 

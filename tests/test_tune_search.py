@@ -15,7 +15,7 @@ from hybrid_hpo.tune.search import close_running
 
 
 def _search(tmp_path, **kwargs):
-    space = {"inner_lr": LogUniform(low=1e-3, high=0.3), "terms": IntRange(low=1, high=8)}
+    space = {"inner_lr": LogUniform(low=1e-3, high=0.3), "solver.terms": IntRange(low=1, high=8)}
     return make_search(space, "val_loss", "min", storage=f"sqlite:///{tmp_path}/s.db", seed=0, **kwargs)
 
 
@@ -31,7 +31,7 @@ def _trial(search, number=0):
 def test_complete_trial_has_every_epoch_and_metrics_as_user_attrs(tmp_path):
     search = _search(tmp_path)
     config = search.suggest("ray-a")
-    assert set(config) == {"inner_lr", "terms"} and 1e-3 <= config["inner_lr"] <= 0.3
+    assert set(config) == {"inner_lr", "solver.terms"} and 1e-3 <= config["inner_lr"] <= 0.3
     search.on_trial_result("ray-a", _result(1, 0.9, test_acc=0.5))
     # Tune sends the last result only to on_trial_complete, never to on_trial_result.
     search.on_trial_complete("ray-a", _result(2, 0.4, test_acc=0.8, test_loss=0.6, solver_residual=math.nan))
@@ -80,14 +80,14 @@ def test_close_running_closes_only_this_sweeps_running_trials(tmp_path):
 def test_initial_point_with_a_key_left_out_is_sampled(tmp_path):
     search = _search(tmp_path, points_to_evaluate=[{"inner_lr": 0.05}])
     config = search.suggest("warm")
-    assert config["inner_lr"] == 0.05 and 1 <= config["terms"] <= 8
+    assert config["inner_lr"] == 0.05 and 1 <= config["solver.terms"] <= 8
 
 
 def test_space_accepts_ours_ray_domains_and_optuna_distributions(tmp_path):
     search = make_search(
         {"inner_lr": tune.loguniform(1e-3, 1e-1), "inner_steps": tune.randint(1, 5),
          "val_fraction": Uniform(low=0.2, high=0.6), "inner_optimizer": Choice(values=["sgd", "adam"]),
-         "alpha": optuna.distributions.FloatDistribution(0.01, 0.5)},
+         "solver.alpha": optuna.distributions.FloatDistribution(0.01, 0.5)},
         storage=f"sqlite:///{tmp_path}/s.db", sampler="gp",
     )
     assert search._space == {
@@ -95,7 +95,7 @@ def test_space_accepts_ours_ray_domains_and_optuna_distributions(tmp_path):
         "inner_steps": optuna.distributions.IntDistribution(1, 4),  # Ray's randint excludes the upper end
         "val_fraction": optuna.distributions.FloatDistribution(0.2, 0.6),
         "inner_optimizer": optuna.distributions.CategoricalDistribution(("sgd", "adam")),
-        "alpha": optuna.distributions.FloatDistribution(0.01, 0.5),
+        "solver.alpha": optuna.distributions.FloatDistribution(0.01, 0.5),
     }
     assert isinstance(search.study.sampler, optuna.samplers.GPSampler)
 

@@ -7,7 +7,7 @@ import torch
 from hybrid_hpo.tune import IFTTrainable
 from hybrid_hpo.tune.trainable import CHECKPOINT_FILE
 
-CONFIG = {"dataset": "digits", "model": "mlp", "hidden": [32], "epochs": 4, "inner_steps": 3, "terms": 3,
+CONFIG = {"dataset": "digits", "model": "mlp", "hidden": [32], "epochs": 4, "inner_steps": 3, "solver.terms": 3,
           "device": "cpu", "seed": 3}
 TIMING = {"epoch_time_s", "time_this_iter_s", "time_total_s", "time_since_restore", "timestamp", "date",
           "iterations_since_restore", "pid", "hostname", "node_ip", "reported_at"}

@@ -14,7 +14,7 @@ Layout (see searches/compare_digits_few.yaml)::
     strategies:
       bo_only:       {settings: {family: fixed, epochs: 60}, search: {inner_lr: ..., fixed_decay: ...}}
       ift_defaults:  {settings: {family: weight_decay, granularity: per_weight, epochs: 60}}
-      hybrid:        {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., terms: ...},
+      hybrid:        {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., solver.terms: ...},
                       warm_start: true}   # optional: first trial at the defaults = the ift_defaults run
 
 ``task`` holds the settings every strategy shares; it alone may set the data split (dataset,

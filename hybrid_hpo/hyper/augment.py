@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
+from hybrid_hpo.hyper.penalty import FIXED_DECAY, check_fixed_decay, with_fixed_decay
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
@@ -52,11 +53,6 @@ GENERATOR_SEED_OFFSET = 7919
 """The family generator is seeded with ``config.seed + GENERATOR_SEED_OFFSET`` (a stream distinct
 from the trainer's shuffling generator, which uses ``config.seed``)."""
 SAMPLES_FILE = "augmentation_samples.png"
-
-
-def l2_penalty(params: Mapping[str, Tensor], decay: float) -> Tensor:
-    """1/2 · decay · Σ_n ||w_n||² over every parameter tensor (weights and biases): a scalar."""
-    return 0.5 * decay * torch.stack([p.square().sum() for p in params.values()]).sum()
 
 
 def spatial_dims(input_shape: tuple[int, ...], family: str) -> int:
@@ -105,18 +101,17 @@ class Augment(HyperFamily):
     """
 
     name = "augment"
+    settings = ("augment_width", "fixed_decay")
 
     def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], width: int = 8,
-                 fixed_decay: float = 0.0, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+                 fixed_decay: float = FIXED_DECAY, seed: int = 0, loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
         spatial = spatial_dims(tuple(input_shape), self.name)
         if width < 1:
             raise ConfigError(f"augment_width must be an integer >= 1 (got {width!r})")
-        if not fixed_decay >= 0:
-            raise ConfigError(f"fixed_decay must be >= 0 (got {fixed_decay!r})")
+        self.fixed_decay = check_fixed_decay(fixed_decay)
         first = next(iter(params.values()))
         self.net = AugmentNet(input_shape[0], spatial, width).to(dtype=first.dtype, device=first.device)
-        self.fixed_decay = float(fixed_decay)
         for name, value in self.net.named_parameters():
             self._register(name, value)
         self._seed_generator(seed + GENERATOR_SEED_OFFSET)
@@ -140,7 +135,7 @@ class Augment(HyperFamily):
         x, y, _ = batch
         augmented = self.augment(hparams, x, self.draw_noise(x))
         loss = self.data_loss(model_fn(params, augmented), y)
-        return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
+        return with_fixed_decay(loss, params, self.fixed_decay)
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         """augment_lambda_norm: ||λ||₂; augment_out_norm: norm of the output layer (0 = identity)."""
@@ -219,17 +214,16 @@ class FixedAugment(HyperFamily):
     otherwise (module docstring). ``num_hparams == 0``: the bilevel loop takes no hyper steps."""
 
     name = "fixed_augment"
+    settings = ("augment_shift", "augment_flip", "fixed_decay")
     tunable = False
 
     def __init__(self, *, input_shape: tuple[int, ...], shift: int = 1, flip: bool = False,
-                 fixed_decay: float = 0.0, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+                 fixed_decay: float = FIXED_DECAY, seed: int = 0, loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
         spatial_dims(tuple(input_shape), self.name)
         if shift < 0:
             raise ConfigError(f"augment_shift must be an integer >= 0 (got {shift!r}); 0 = no shifts")
-        if not fixed_decay >= 0:
-            raise ConfigError(f"fixed_decay must be >= 0 (got {fixed_decay!r})")
-        self.shift, self.flip, self.fixed_decay = int(shift), bool(flip), float(fixed_decay)
+        self.shift, self.flip, self.fixed_decay = int(shift), bool(flip), check_fixed_decay(fixed_decay)
         self._seed_generator(seed + GENERATOR_SEED_OFFSET)
 
     @classmethod
@@ -241,7 +235,7 @@ class FixedAugment(HyperFamily):
                    batch: Batch) -> Tensor:
         x, y, _ = batch
         loss = self.data_loss(model_fn(params, random_shift_flip(x, self.shift, self.flip, self.generator)), y)
-        return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
+        return with_fixed_decay(loss, params, self.fixed_decay)
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         return {"augment_shift": float(self.shift), "augment_flip": float(self.flip)}

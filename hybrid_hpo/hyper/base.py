@@ -86,6 +86,9 @@ class HyperFamily(ABC):
     name: ClassVar[str]
     tunable: ClassVar[bool] = True
     """False for baselines without λ (the bilevel loop takes no hyper steps with them)."""
+    settings: ClassVar[tuple[str, ...]] = ()
+    """The RunConfig settings this family reads (besides ``seed``): ``hybrid-hpo run --help`` names
+    the family on their lines, and the family contract test checks that each refuses a bad value."""
 
     def __init__(self, loss: ExampleLoss | None = None) -> None:
         self._raw: dict[str, Tensor] = {}

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.augment import l2_penalty, spatial_dims
+from hybrid_hpo.hyper.augment import spatial_dims
 from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
+from hybrid_hpo.hyper.penalty import FIXED_DECAY, check_fixed_decay, l2_penalty, with_fixed_decay
+from hybrid_hpo.optimizers import make_optimizer
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
@@ -63,9 +65,10 @@ class Distill(HyperFamily):
     """
 
     name = "distill"
+    settings = ("distill_per_class", "fixed_decay")
 
     def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], num_classes: int,
-                 per_class: int = 1, fixed_decay: float = 1e-3, loss: ExampleLoss | None = None) -> None:
+                 per_class: int = 1, fixed_decay: float = FIXED_DECAY, loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
         if num_classes is None:
             raise ConfigError("family: distill learns images per class and needs a classification task; this task "
@@ -73,10 +76,8 @@ class Distill(HyperFamily):
         spatial_dims(tuple(input_shape), self.name)
         if per_class < 1:
             raise ConfigError(f"distill_per_class must be an integer >= 1 (got {per_class!r})")
-        if not fixed_decay >= 0:
-            raise ConfigError(f"fixed_decay must be >= 0 (got {fixed_decay!r})")
         first = next(iter(params.values()))
-        self.per_class, self.fixed_decay = int(per_class), float(fixed_decay)
+        self.per_class, self.fixed_decay = int(per_class), check_fixed_decay(fixed_decay)
         self.labels = torch.arange(num_classes, device=first.device).repeat_interleave(self.per_class)
         shape = (num_classes * self.per_class, *input_shape)
         self._register("images", INIT_PIXEL + INIT_NOISE * torch.randn(shape, dtype=first.dtype).to(first.device))
@@ -90,7 +91,7 @@ class Distill(HyperFamily):
                    batch: Batch) -> Tensor:
         """L_T on the distilled set; ``batch`` (real data) is not used."""
         loss = self.data_loss(model_fn(params, hparams["images"]), self.labels)
-        return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
+        return with_fixed_decay(loss, params, self.fixed_decay)
 
     def images(self) -> tuple[Tensor, Tensor]:
         """Detached copies of the distilled images (n·C, *input_shape) and their labels (n·C,)."""
@@ -122,13 +123,11 @@ def fit_on_images(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, lr: flo
     """Train ``model`` in place by ``steps`` full-batch steps on (x, y) only, minimising
     mean CE(model(x), y) + 1/2 · decay · ||w||²; returns the model (in eval mode).
 
-    ``optimizer`` is one of hybrid_hpo.config.OPTIMIZERS (sgd, momentum, adam, rmsprop), or "lbfgs":
+    ``optimizer`` is one of hybrid_hpo.optimizers.OPTIMIZERS (sgd, momentum, adam, rmsprop), or "lbfgs":
     L-BFGS with a strong-Wolfe line search for up to ``steps`` iterations (``lr`` is its initial step,
     1 is usual) — for a convex objective (logreg, decay > 0) it reaches the minimiser w*(λ) the
     hypergradient assumes.
     """
-    from hybrid_hpo.bilevel import make_optimizer
-
     x, y = x.detach(), y.detach()
     params = dict(model.named_parameters())
 

@@ -60,6 +60,7 @@ class UnitDropout(HyperFamily):
     """
 
     name = "dropout"
+    settings = ("init_dropout",)
 
     def __init__(self, sites: Mapping[str, tuple[int, ...]], *, like: Tensor, init_dropout: float = 0.1,
                  seed: int = 0, loss: ExampleLoss | None = None) -> None:
@@ -80,7 +81,6 @@ class UnitDropout(HyperFamily):
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
-        _check_rate(config.init_dropout)
         if config.task is None and config.model not in SITE_MODELS:
             raise ConfigError(NO_SITES.format(field="model", family=cls.name, model=repr(config.model)))
 

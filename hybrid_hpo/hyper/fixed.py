@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.augment import l2_penalty
 from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
 from hybrid_hpo.hyper.dropout import NO_SITES, SITE_MODELS
+from hybrid_hpo.hyper.penalty import FIXED_DECAY, check_fixed_decay, with_fixed_decay
 from hybrid_hpo.nn import dropout_sites
 
 if TYPE_CHECKING:
@@ -46,13 +46,13 @@ class FixedRegularization(HyperFamily):
     """
 
     name = "fixed"
+    settings = ("fixed_decay", "fixed_dropout")
     tunable = False
 
-    def __init__(self, sites: Mapping[str, tuple[int, ...]], *, fixed_decay: float = 0.0,
+    def __init__(self, sites: Mapping[str, tuple[int, ...]], *, fixed_decay: float = FIXED_DECAY,
                  fixed_dropout: float = 0.0, seed: int = 0, loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
-        if not fixed_decay >= 0:
-            raise ConfigError(f"fixed_decay must be >= 0 (got {fixed_decay!r}); e.g. 1e-3, or 0 for no L2")
+        fixed_decay = check_fixed_decay(fixed_decay)
         _check_dropout(fixed_dropout)
         if fixed_dropout > 0 and not sites:
             raise ConfigError(NO_SITES.format(field="fixed_dropout", family=self.name, model="this model") + ", or fixed_dropout 0")
@@ -67,7 +67,6 @@ class FixedRegularization(HyperFamily):
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
-        _check_dropout(config.fixed_dropout)
         if config.fixed_dropout > 0 and config.task is None and config.model not in SITE_MODELS:
             raise ConfigError(NO_SITES.format(field="fixed_dropout", family=cls.name, model=repr(config.model)) + ", or fixed_dropout 0")
 
@@ -82,7 +81,7 @@ class FixedRegularization(HyperFamily):
         x, y, _ = batch
         masks = self.masks(x.shape[0], next(iter(params.values()))) if self.fixed_dropout > 0 else {}
         loss = self.data_loss(model_fn({**params, **masks}, x), y)
-        return loss + l2_penalty(params, self.fixed_decay) if self.fixed_decay else loss
+        return with_fixed_decay(loss, params, self.fixed_decay)
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         return {"fixed_decay": self.fixed_decay, "fixed_dropout": self.fixed_dropout}

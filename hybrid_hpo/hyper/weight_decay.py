@@ -54,6 +54,7 @@ class WeightDecay(HyperFamily):
     """
 
     name = "weight_decay"
+    settings = ("granularity", "init_decay")
 
     def __init__(self, params: Mapping[str, Tensor], *, granularity: str = "per_weight",
                  init_decay: float = 1e-3, loss: ExampleLoss | None = None) -> None:
@@ -80,12 +81,6 @@ class WeightDecay(HyperFamily):
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> WeightDecay:
         return cls(context.params, granularity=config.granularity, init_decay=config.init_decay, loss=context.loss)
-
-    @classmethod
-    def validate_config(cls, config: RunConfig) -> None:
-        if config.granularity not in GRANULARITIES:
-            raise ConfigError(f"granularity: unknown value {config.granularity!r} for weight_decay; "
-                              f"choose one of {', '.join(GRANULARITIES)}")
 
     def decays(self, hparams: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """decay for each decayed tensor name, broadcastable to that tensor: softplus(raw)."""

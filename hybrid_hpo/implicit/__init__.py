@@ -2,17 +2,9 @@
 from hybrid_hpo.implicit.curvature import top_eigenvalue
 from hybrid_hpo.implicit.hypergradient import HypergradientDivergence, HypergradientInfo, hypergradient
 from hybrid_hpo.implicit.operators import CallableOperator, HessianOperator, LinearOperator
-from hybrid_hpo.implicit.solvers import (
-    SOLVERS,
-    ConjugateGradient,
-    Exact,
-    Identity,
-    Neumann,
-    Nystrom,
-    Solution,
-    dense_matrix,
-    make_solver,
-)
+from hybrid_hpo.implicit.protocol import Solution, Solver, option, options_of
+from hybrid_hpo.implicit.registry import SOLVERS, make_solver, solver_class
+from hybrid_hpo.implicit.solvers import ConjugateGradient, Exact, Identity, Neumann, Nystrom, dense_matrix
 from hybrid_hpo.implicit.unrolled import unrolled_hypergradient
 
 __all__ = [
@@ -28,9 +20,13 @@ __all__ = [
     "Neumann",
     "Nystrom",
     "Solution",
+    "Solver",
     "dense_matrix",
     "hypergradient",
     "make_solver",
+    "option",
+    "options_of",
+    "solver_class",
     "top_eigenvalue",
     "unrolled_hypergradient",
 ]

@@ -25,10 +25,10 @@ from torch import Tensor
 
 from hybrid_hpo.implicit import tensor_list as tl
 from hybrid_hpo.implicit.operators import HessianOperator
-from hybrid_hpo.implicit.solvers import ConjugateGradient, Exact, Identity, Neumann, Nystrom
+from hybrid_hpo.implicit.protocol import Solver
+from hybrid_hpo.implicit.solvers import Neumann
 
 Loss = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
-Solver = Identity | Neumann | ConjugateGradient | Nystrom | Exact
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Inverse-Hessian-vector-product solvers: p ≈ (H + δI)⁻¹ v from Hessian-vector products only.
 
-Every solver is a small frozen dataclass with one method, ``solve(operator, v) -> Solution``,
+Every solver is a small frozen dataclass (its fields are its options, see
+:mod:`hybrid_hpo.implicit.protocol`) with ``solve(operator, v) -> Solution``,
 where ``operator`` provides ``matvec`` (and ``matmat`` for the batched ones, see
 :mod:`hybrid_hpo.implicit.operators`) and ``v`` is a tensor list shaped like the weights.
 Inside the loops every scalar stays on the device: no ``.item()``, no host synchronisation,
@@ -13,45 +14,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
-from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.implicit import tensor_list as tl
 from hybrid_hpo.implicit.curvature import top_eigenvalue
 from hybrid_hpo.implicit.operators import LinearOperator, as_operator
-from hybrid_hpo.implicit.tensor_list import Scalar, TensorList
+from hybrid_hpo.implicit.protocol import Solution, check, option
+from hybrid_hpo.implicit.tensor_list import Scalar
 
-SOLVERS: tuple[str, ...] = ("identity", "neumann", "cg", "nystrom", "exact")
+def _count(value: object, low: int) -> bool:
+    """An integer (not a bool) >= low."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-class Solution(NamedTuple):
-    """What a solver returns.
-
-    p:          the approximation of (H + δI)⁻¹ v, a tensor list shaped like v.
-    iterations: Hessian-vector products spent on the solve (0-dim tensor; CG counts only the
-                iterations it did not skip after converging).
-    residual:   relative residual estimate (0-dim tensor, NaN for solvers without one); see each
-                solver for its exact meaning.
-    diverged:   0-dim bool tensor: the solve failed (non-finite values, a growing series, or
-                CG met non-positive curvature).
-    """
-
-    p: TensorList
-    iterations: Tensor
-    residual: Tensor
-    diverged: Tensor
+def _number(value: object, low: float, strict: bool = False) -> bool:
+    """A finite real number (not a bool) >= low, or > low when ``strict``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value > low if strict else value >= low
 
 
 def _scalar(value: float, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return torch.tensor(value, device=like.device, dtype=dtype or like.dtype)
-
-
-def _check(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{field}: {message}")
 
 
 @dataclass(frozen=True)
@@ -59,8 +44,12 @@ class Identity:
     """p = v: treats H as the identity (Lorraine et al.'s cheapest approximation, T1–T2).
 
     Equal to ``Neumann(terms=0, alpha=1.0)``. Costs no Hessian-vector product and no copy: the
-    returned p is v itself (solvers never modify their inputs).
+    returned p is v itself (solvers never modify their inputs). It has no options.
     """
+
+    @classmethod
+    def converged(cls, size: int, damping: float) -> None:
+        return None  # p = v solves only H + δI = I
 
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         nan = _scalar(math.nan, v[0])
@@ -87,20 +76,21 @@ class Neumann:
     term, kept on the device (no host sync).
     """
 
-    terms: int = 5
-    alpha: float | str = 0.1
-    damping: float = 0.0
-    power_iters: int = 20
+    terms: int = option(5, "series terms K (Hessian-vector products), an integer >= 0")
+    alpha: float | str = option(0.1, "step α, a number > 0 below 2/λ_max(H + δI), or 'auto' (power iteration)")
+    damping: float = option(0.0, "δ added to H, a number >= 0")
+    power_iters: int = option(20, "power-iteration products for alpha='auto', an integer >= 1")
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.terms, int) and self.terms >= 0, "terms", f"must be an integer >= 0, got {self.terms!r}")
-        _check(
-            self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and self.alpha > 0 and math.isfinite(self.alpha)),
-            "alpha",
-            f"must be a number > 0 (below 2/λ_max of the Hessian) or 'auto', got {self.alpha!r}",
-        )
-        _check(self.damping >= 0, "damping", f"must be >= 0, got {self.damping!r}")
-        _check(self.power_iters >= 1, "power_iters", f"must be >= 1, got {self.power_iters!r}")
+        check(_count(self.terms, 0), "terms", "must be an integer >= 0", self.terms)
+        check(self.alpha == "auto" or _number(self.alpha, 0, strict=True), "alpha",
+              "must be > 0 or 'auto' (below 2/λ_max of the Hessian, e.g. 0.1)", self.alpha)
+        check(_number(self.damping, 0), "damping", "must be >= 0 (0 for none, e.g. 1e-2)", self.damping)
+        check(_count(self.power_iters, 1), "power_iters", "must be an integer >= 1", self.power_iters)
+
+    @classmethod
+    def converged(cls, size: int, damping: float) -> "Neumann":
+        return cls(terms=2000, alpha=1.0 / (5.0 + damping), damping=damping)
 
     def step_size(self, operator: LinearOperator, v: list[Tensor]) -> Scalar:
         """α, estimated from the curvature when ``alpha="auto"`` (a 0-dim tensor then)."""
@@ -120,7 +110,9 @@ class Neumann:
             product = operator.matvec(term)
             if self.damping:
                 tl.axpy_(product, self.damping, term)
-            curvature = torch.maximum(curvature, tl.norm(product) / tl.norm(term).clamp_min(tiny))
+            size = tl.norm(term)  # a term that underflowed (long series) says nothing about curvature
+            ratio = torch.where(size > tiny**0.5, tl.norm(product) / size.clamp_min(tiny), 0.0)
+            curvature = torch.maximum(curvature, ratio)
             tl.axpy_(term, -alpha, product)
             torch._foreach_add_(total, term)
         p = tl.scale(total, alpha)
@@ -145,15 +137,20 @@ class ConjugateGradient:
     residual = ‖v − A p‖/‖v‖ from the recurrence.
     """
 
-    max_iter: int = 10
-    rtol: float = 1e-5
-    atol: float = 0.0
-    damping: float = 0.0
+    max_iter: int = option(10, "iterations (Hessian-vector products), an integer >= 0")
+    rtol: float = option(1e-5, "stop at ‖r‖ <= rtol·‖v‖, a number >= 0")
+    atol: float = option(0.0, "or at ‖r‖ <= atol, a number >= 0")
+    damping: float = option(0.0, "δ added to H, a number >= 0")
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.max_iter, int) and self.max_iter >= 0, "max_iter", f"must be an integer >= 0, got {self.max_iter!r}")
-        _check(self.rtol >= 0 and self.atol >= 0, "rtol/atol", f"must be >= 0, got rtol={self.rtol!r}, atol={self.atol!r}")
-        _check(self.damping >= 0, "damping", f"must be >= 0, got {self.damping!r}")
+        check(_count(self.max_iter, 0), "max_iter", "must be an integer >= 0", self.max_iter)
+        check(_number(self.rtol, 0), "rtol", "must be >= 0", self.rtol)
+        check(_number(self.atol, 0), "atol", "must be >= 0", self.atol)
+        check(_number(self.damping, 0), "damping", "must be >= 0 (0 for none, e.g. 1e-2)", self.damping)
+
+    @classmethod
+    def converged(cls, size: int, damping: float) -> "ConjugateGradient":
+        return cls(max_iter=size, rtol=0.0, damping=damping)
 
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         operator = as_operator(operator)
@@ -199,13 +196,18 @@ class Nystrom:
     (deterministic across calls).
     """
 
-    rank: int = 10
-    rho: float = 1e-2
-    seed: int = 0
+    rank: int = option(10, "sampled columns k (batched products), an integer >= 1")
+    rho: float = option(1e-2, "ρ, the damping of ρI + H_k, a number > 0 (Woodbury divides by it)")
+    seed: int = option(0, "seed of the column sample, an integer >= 0")
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.rank, int) and self.rank >= 1, "rank", f"must be an integer >= 1, got {self.rank!r}")
-        _check(self.rho > 0, "rho", f"must be > 0 (the Woodbury identity divides by it), got {self.rho!r}")
+        check(_count(self.rank, 1), "rank", "must be an integer >= 1", self.rank)
+        check(_number(self.rho, 0, strict=True), "rho", "must be > 0 (the Woodbury identity divides by it)", self.rho)
+        check(_count(self.seed, 0), "seed", "must be an integer >= 0", self.seed)
+
+    @classmethod
+    def converged(cls, size: int, damping: float) -> "Nystrom | None":
+        return cls(rank=size, rho=damping) if damping > 0 else None  # with k = n, H_k = H
 
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         operator = as_operator(operator)
@@ -249,14 +251,18 @@ class Exact:
     add damping), when the matrix is exactly singular (p is NaN then), or p is not finite.
     """
 
-    damping: float = 0.0
-    chunk: int = 256
-    max_residual: float = 1e-2
+    damping: float = option(0.0, "δ added to H, a number >= 0")
+    chunk: int = option(256, "unit vectors per batched product, an integer >= 1")
+    max_residual: float = option(1e-2, "relative residual above which the solve counts as diverged, > 0")
 
     def __post_init__(self) -> None:
-        _check(self.damping >= 0, "damping", f"must be >= 0, got {self.damping!r}")
-        _check(self.chunk >= 1, "chunk", f"must be >= 1, got {self.chunk!r}")
-        _check(self.max_residual > 0, "max_residual", f"must be > 0, got {self.max_residual!r}")
+        check(_number(self.damping, 0), "damping", "must be >= 0 (0 for none, e.g. 1e-2)", self.damping)
+        check(_count(self.chunk, 1), "chunk", "must be an integer >= 1", self.chunk)
+        check(_number(self.max_residual, 0, strict=True), "max_residual", "must be > 0", self.max_residual)
+
+    @classmethod
+    def converged(cls, size: int, damping: float) -> "Exact":
+        return cls(damping=damping)
 
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         operator = as_operator(operator)
@@ -284,26 +290,3 @@ def dense_matrix(operator: LinearOperator, like: list[Tensor], chunk: int = 256)
         blocks.append(tl.flatten(operator.matmat(tl.unflatten(units, like)), batch=True))
     matrix = torch.cat(blocks)
     return (matrix + matrix.T) / 2
-
-
-def make_solver(
-    name: str,
-    *,
-    terms: int = 5,
-    alpha: float | str = 0.1,
-    damping: float = 0.0,
-    rank: int = 10,
-) -> Identity | Neumann | ConjugateGradient | Nystrom | Exact:
-    """Build a solver from run settings: ``terms`` is Neumann's K and CG's max_iter, ``rank``
-    Nyström's k; Nyström's ρ is ``damping`` when it is > 0, else its default 1e-2."""
-    if name == "identity":
-        return Identity()
-    if name == "neumann":
-        return Neumann(terms=terms, alpha=alpha, damping=damping)
-    if name == "cg":
-        return ConjugateGradient(max_iter=terms, damping=damping)
-    if name == "nystrom":
-        return Nystrom(rank=rank, rho=damping) if damping > 0 else Nystrom(rank=rank)
-    if name == "exact":
-        return Exact(damping=damping)
-    raise ConfigError(f"solver: unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")

@@ -7,10 +7,11 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     # or your own task: {factory: "my_tasks.py:make_task", family: weight_decay} (FILE.py:FUNCTION or
     # MODULE:FUNCTION returning a hybrid_hpo.Task; a relative FILE.py is relative to the working directory)
     inner:  {epochs: 4, inner_steps: 5, batch_size: 64, inner_optimizer: momentum, hyper_optimizer: adam}
-    solver: {name: neumann, terms: 5, alpha: 0.1}
+    solver: {name: neumann, terms: 5, alpha: 0.1}   # the solver and its own options (docs/solvers.md)
     search:                     # the outer space: RunConfig keys -> distributions
       inner_lr: {type: loguniform, low: 1.0e-3, high: 0.3}
       inner_steps: {type: int, low: 1, high: 10}
+      solver.terms: {type: int, low: 1, high: 10}     # a solver option, by its dotted name
     sampler: tpe                # tpe | gp
     num_trials: 8
     max_concurrent: 2
@@ -27,8 +28,9 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     mode: min
 
 ``task``, ``inner`` and ``solver`` hold fixed RunConfig settings (``solver.name`` is RunConfig's
-``solver``, ``task.factory`` its ``task``); the split into three sections is for people, any RunConfig key may go in any of them,
-but only once. :func:`load_spec` validates everything — including that the fixed settings with every
+``solver``, any other ``solver`` key an option of that solver, set as ``solver.<option>``;
+``task.factory`` is RunConfig's ``task``); the split of ``task`` and ``inner`` is for people, any other
+RunConfig key may go in either, but only once. :func:`load_spec` validates everything — including that the fixed settings with every
 corner of the search space make a valid RunConfig — before anything is created, and raises a
 one-line :class:`ConfigError` naming the file and the field.
 """
@@ -44,7 +46,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybrid_hpo.config import RunConfig, field_names
+from hybrid_hpo.config import SOLVER_PREFIX, RunConfig, field_names, is_setting, unknown_setting_message
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import DISTRIBUTION_TYPES, Distribution
 from hybrid_hpo.tune.samplers import SamplerName
@@ -61,8 +63,10 @@ _RENAMED: dict[tuple[str, str], str] = {("solver", "name"): "solver", ("task", F
 
 
 def setting_name(section: str, key: str) -> str:
-    """The RunConfig field that ``key`` of a spec section sets (``solver.name`` -> solver,
-    ``task.factory`` -> task; any other key is its own name)."""
+    """The RunConfig setting that ``key`` of a spec section sets (``solver.name`` -> solver,
+    ``solver.max_iter`` -> solver.max_iter, ``task.factory`` -> task; any other key is its own name)."""
+    if section == "solver" and (section, key) not in _RENAMED:
+        return SOLVER_PREFIX + key
     return _RENAMED.get((section, key), key)
 
 
@@ -361,7 +365,7 @@ def _parent_model(loc: list[str], model: Any) -> list[str]:
 
 
 def _check_settings(spec: SweepSpec, source: str) -> None:
-    """Every fixed and searched key is a RunConfig field, set once, and the space's corners are valid."""
+    """Every fixed and searched key is a RunConfig setting, set once, and the space's corners are valid."""
     names = field_names()
     seen: dict[str, str] = {}
     for section in FIXED_SECTIONS:
@@ -384,7 +388,7 @@ def _check_settings(spec: SweepSpec, source: str) -> None:
 
 def _locate(message: str, fixed: dict[str, str], searched: dict[str, Any], label: str) -> str:
     """Point a RunConfig message ("alpha must be > 0 ...") at the spec field that set the value."""
-    match = re.match(r"(\w+):? ", message)
+    match = re.match(r"([\w.]+):? ", message)
     key, rest = (match.group(1), message[match.end():]) if match else ("", message)
     if key in fixed:
         return f"{fixed[key]}: {rest}"
@@ -394,7 +398,7 @@ def _locate(message: str, fixed: dict[str, str], searched: dict[str, Any], label
 
 
 def check_known_key(field: str, key: str, names: tuple[str, ...], source: str) -> None:
-    if key not in names:
-        guess = difflib.get_close_matches(key, names, n=1)
-        hint = f"did you mean {guess[0]!r}?" if guess else f"valid settings: {', '.join(names)}"
-        raise ConfigError(f"{source}: {field}: unknown setting; {hint}")
+    """ConfigError ``<source>: <field>: unknown setting; ...`` unless ``key`` is a RunConfig setting
+    (a field of ``names`` or ``solver.<option>``, checked against the solver when built)."""
+    if key not in names and not is_setting(key):
+        raise ConfigError(f"{source}: {unknown_setting_message(key, field)}")

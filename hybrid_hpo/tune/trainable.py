@@ -1,8 +1,8 @@
 """IFTTrainable: one Ray Tune trial = one bilevel run; one ``step()`` = one epoch.
 
-The trial config holds ``RunConfig`` fields (the ``hybrid-hpo run`` flag names): the fixed settings
-of a sweep plus the meta-settings the outer search samples (inner_lr, hyper_lr, terms, alpha,
-val_fraction, inner_steps, ...). Inside, :class:`~hybrid_hpo.bilevel.BilevelTrainer` tunes the
+The trial config holds ``RunConfig`` settings (the ``hybrid-hpo run`` flag names, and a solver's
+options as ``solver.<option>``): the fixed settings of a sweep plus the meta-settings the outer
+search samples (inner_lr, hyper_lr, solver.terms, solver.alpha, val_fraction, inner_steps, ...). Inside, :class:`~hybrid_hpo.bilevel.BilevelTrainer` tunes the
 many inner hyperparameters (e.g. one weight decay per weight) by implicit differentiation.
 
     tune.run(IFTTrainable, config={"epochs": 5, ...}, search_alg=make_search(...))

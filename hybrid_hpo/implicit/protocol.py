@@ -1,0 +1,81 @@
+"""What an inverse-HVP solver is: the :class:`Solver` protocol, its :class:`Solution`, and options.
+
+A solver approximates p ≈ (H + δI)⁻¹ v from Hessian-vector products only. It is a frozen
+dataclass: its fields are its options (declared with :func:`option`, which carries the one-line
+help shown by ``hybrid-hpo run --help``), and its constructor (``__post_init__``) is the only
+place they are validated, raising a one-line ConfigError ``<option>: <problem> (got <value>)``.
+Register a new solver with one line in :data:`hybrid_hpo.implicit.registry.SOLVERS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.implicit.operators import LinearOperator
+from hybrid_hpo.implicit.tensor_list import TensorList
+
+
+class Solution(NamedTuple):
+    """What a solver returns.
+
+    p:          the approximation of (H + δI)⁻¹ v, a tensor list shaped like v.
+    iterations: Hessian-vector products spent on the solve (0-dim tensor; CG counts only the
+                iterations it did not skip after converging).
+    residual:   relative residual estimate (0-dim tensor, NaN for solvers without one); see each
+                solver for its exact meaning.
+    diverged:   0-dim bool tensor: the solve failed (non-finite values, a growing series, or
+                CG met non-positive curvature).
+    """
+
+    p: TensorList
+    iterations: Tensor
+    residual: Tensor
+    diverged: Tensor
+
+
+@runtime_checkable
+class Solver(Protocol):
+    """An inverse-HVP solver: ``solve(operator, v)`` with v a tensor list shaped like the weights.
+
+    ``converged(size, damping)`` (a classmethod) returns options at which the solver solves an SPD
+    system (H + δI) p = v of dimension ``size`` with eigenvalues of H in [0.5, 5] to a relative
+    error below 1e-8, or None when no option does (Identity; Nyström without damping). The
+    registry's contract test checks it against ``torch.linalg.solve`` in float64.
+    """
+
+    def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution: ...
+
+    @classmethod
+    def converged(cls, size: int, damping: float) -> "Solver | None": ...
+
+
+def option(default: Any, help: str) -> Any:
+    """A solver (or family) option: a dataclass field with its default and one-line help."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionInfo:
+    """One declared option: name, type hint (e.g. ``int``), default and one-line help."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+
+
+def options_of(cls: type) -> tuple[OptionInfo, ...]:
+    """The options a dataclass declares (its fields), in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return tuple(OptionInfo(f.name, hints[f.name], f.default, f.metadata.get("help", ""))
+                 for f in dataclasses.fields(cls))
+
+
+def check(condition: bool, field: str, message: str, value: Any) -> None:
+    """ConfigError ``<field>: <message> (got <value>)`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{field}: {message} (got {value!r})")

@@ -1,0 +1,84 @@
+"""Allowed values of a setting, stated once: each rule checks a value and describes itself.
+
+The same rule object validates a RunConfig field (:meth:`RunConfig.validate`) and writes the
+"allowed values" half of its ``hybrid-hpo run --help`` line, so the two cannot disagree.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from hybrid_hpo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A name from ``choices``: a tuple, or a function returning names (lazy: registries that
+    import torch are read only when needed)."""
+
+    choices: tuple[str, ...] | Callable[[], Iterable[str]]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def check(self, name: str, value: Any) -> None:
+        if value not in self.names():
+            raise ConfigError(f"{name}: unknown value {value!r}; choose one of {', '.join(self.names())}")
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.names())
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number in [low, high] (open at an end when ``open_low``/``open_high``); an integer with
+    ``integer``; ``None`` allowed with ``optional`` (e.g. "the whole split")."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+    optional: str = ""
+    """What None means, e.g. "the whole split"; empty: None is not allowed."""
+
+    def check(self, name: str, value: Any) -> None:
+        if value is None and self.optional:
+            return
+        low_ok = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and high_ok):
+            raise ConfigError(f"{name} must be {self.describe()} (got {value!r})")
+
+    def describe(self) -> str:
+        noun = "an integer" if self.integer else "a number"
+        bounds = []
+        if self.low is not None and self.high is not None and self.open_low and self.open_high:
+            noun, bounds = "", [f"strictly between {_text(self.low)} and {_text(self.high)}"]
+        else:
+            if self.low is not None:
+                bounds.append(f"{'>' if self.open_low else '>='} {_text(self.low)}")
+            if self.high is not None:
+                bounds.append(f"{'<' if self.open_high else '<='} {_text(self.high)}")
+        text = f"{noun} {' and '.join(bounds)}".strip()
+        return f"{text}, or none for {self.optional}" if self.optional else text
+
+
+def _text(number: float) -> str:
+    return "2**32" if number == 2**32 else f"{number:g}"
+
+
+@dataclass(frozen=True)
+class Described:
+    """A rule checked by ``check(name, value)`` written elsewhere, with its one-line description."""
+
+    text: str
+    check_value: Callable[[str, Any], None]
+
+    def check(self, name: str, value: Any) -> None:
+        self.check_value(name, value)
+
+    def describe(self) -> str:
+        return self.text

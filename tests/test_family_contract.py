@@ -1,0 +1,164 @@
+"""The contract every registered hyperparameter family meets, parametrized over FAMILIES.
+
+A new family is covered by registering it, as the toy below is (one class plus one registry line,
+``monkeypatch.setitem(FAMILIES, ...)``, so other tests see the shipped registry): the IFT hypergradient (Exact solver at a Newton-exact
+w*(λ), one fixed draw of the family's noise) against central finite differences of λ ↦ L_V(w*(λ))
+on a tiny float64 MLP (for families with λ), every setting it declares refusing a bad value in one
+line that names it, a state round trip that continues bit for bit
+(generator included), and ``render`` writing PNG files or nothing without touching the generator.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from ift_check import directional_fd, inner, lbfgs_warm_start, newton_minimize
+
+import torch.nn.functional as F
+
+from hybrid_hpo.config import RunConfig
+from hybrid_hpo.hyper import FAMILIES, FamilyContext, HyperFamily
+from hybrid_hpo.implicit import Exact, hypergradient
+from hybrid_hpo.models import build_model
+
+class GlobalDecayToy(HyperFamily):
+    """Toy family: one decay softplus(λ) on every parameter, L_T = mean CE + softplus(λ)/2·Σ‖w‖²."""
+
+    name = "global_decay_toy"
+
+    def __init__(self, like: torch.Tensor, loss=None) -> None:
+        super().__init__(loss)
+        self._register("decay", torch.full((), -3.0, dtype=like.dtype, device=like.device))
+
+    @classmethod
+    def from_config(cls, config, context):
+        return cls(next(iter(context.params.values())), loss=context.loss)
+
+    def train_loss(self, model_fn, params, hparams, batch):
+        x, y, _ = batch
+        ridge = sum((w**2).sum() for w in params.values())
+        return self.data_loss(model_fn(params, x), y) + 0.5 * F.softplus(hparams["decay"]) * ridge
+
+    def summaries(self, params):
+        return {"toy_decay": float(F.softplus(self._raw["decay"].detach()))}
+
+
+ALL = {**FAMILIES, GlobalDecayToy.name: GlobalDecayToy}
+
+
+@pytest.fixture(autouse=True)
+def registered_toy(monkeypatch):
+    monkeypatch.setitem(FAMILIES, GlobalDecayToy.name, GlobalDecayToy)  # the one registry line
+
+
+TINY = {"dataset": "digits", "model": "mlp", "hidden": [8], "train_size": 64, "val_size": 64, "batch_size": 32,
+        "epochs": 3, "inner_steps": 1, "device": "cpu", "augment_width": 2, "solver": "cg",
+        "solver.max_iter": 5, "solver.damping": 0.1}
+"""One small run every family can take (image-shaped inputs, an MLP with dropout sites)."""
+INPUT_SHAPE, CLASSES = (1, 4, 4), 3
+
+
+def _problem(name: str):
+    """A float64 family on a tiny tanh MLP (smooth, so Newton and finite differences apply), its L_T (fixed noise, + a ridge that keeps the inner
+    problem strongly convex near w*) and L_V, and initial w and λ."""
+    config = RunConfig.from_mapping({**TINY, "family": name})
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=INPUT_SHAPE, num_classes=CLASSES, hidden=(3,), activation="tanh").double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(24, *INPUT_SHAPE, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, CLASSES, (24,), generator=generator)
+    (x_train, x_val), (y_train, y_val) = x.split(12), y.split(12)
+    context = FamilyContext(params=params, num_train=12, input_shape=INPUT_SHAPE, num_classes=CLASSES, model=model)
+    family = ALL[name].from_config(config, context)
+
+    def fn(w, inputs):
+        return torch.func.functional_call(model, {**buffers, **w}, (inputs,))
+
+    draw = None if family.generator is None else family.generator.get_state()
+
+    def train_loss(w, hp):
+        if draw is not None:
+            family.generator.set_state(draw)  # the same noise in every evaluation: L_T is a function of (w, λ)
+        loss = family.train_loss(fn, w, hp, (x_train, y_train, torch.arange(12)))
+        return loss + 0.05 * sum((t**2).sum() for t in w.values())
+
+    def val_loss(w, hp):
+        return family.val_loss(fn, w, hp, (x_val, y_val, torch.arange(12)))
+
+    lam = {k: v.detach() + 0.3 * torch.randn(v.shape, generator=generator, dtype=torch.float64)
+           for k, v in family.hparams().items()}
+    return family, train_loss, val_loss, params, lam, generator
+
+
+@pytest.mark.parametrize("name", [name for name, cls in ALL.items() if cls.tunable])
+def test_ift_hypergradient_matches_finite_differences(name):
+    family, train_loss, val_loss, params, lam, generator = _problem(name)
+    w_star = newton_minimize(train_loss, lbfgs_warm_start(train_loss, params, lam), lam)
+    grads = hypergradient(train_loss, val_loss, w_star, lam, solver=Exact())
+    assert max(float(g.abs().max()) for g in grads.values()) > 1e-6
+    for _ in range(2):
+        direction = {k: torch.randn(v.shape, generator=generator, dtype=torch.float64) for k, v in lam.items()}
+        fd = directional_fd(train_loss, val_loss, w_star, lam, direction, eps=1e-4)
+        assert inner(grads, direction) == pytest.approx(fd, rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_a_family_without_lambda_says_so_and_one_with_lambda_has_some(name):
+    family, *_ = _problem(name)
+    assert (family.num_hparams > 0) == ALL[name].tunable
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_state_round_trip_continues_bit_for_bit(name):
+    from hybrid_hpo.bilevel import BilevelTrainer
+
+    config = RunConfig.from_mapping({**TINY, "family": name})
+    trainer = BilevelTrainer(config)
+    trainer.train_epoch()
+    state = trainer.state_dict()
+    expected = [trainer.train_epoch()["val_loss"] for _ in range(2)]
+    expected_hparams = trainer.family.state_dict()
+    restored = BilevelTrainer(config)
+    restored.load_state_dict(state)
+    assert [restored.train_epoch()["val_loss"] for _ in range(2)] == expected
+    for key, value in restored.family.state_dict().items():
+        assert torch.equal(value, expected_hparams[key]), key
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_render_writes_pngs_or_nothing_and_leaves_the_generator_alone(name, tmp_path):
+    from hybrid_hpo.bilevel import BilevelTrainer
+
+    trainer = BilevelTrainer(RunConfig.from_mapping({**TINY, "family": name, "epochs": 1}))
+    trainer.train_epoch()
+    before = None if trainer.family.generator is None else trainer.family.generator.get_state()
+    paths = trainer.render(tmp_path / "pictures")
+    for path in paths:
+        assert path.suffix == ".png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    if before is not None:
+        assert torch.equal(trainer.family.generator.get_state(), before)
+
+
+def _bad_value(rule):
+    """A value ``rule`` refuses (None: the field type itself refuses a word)."""
+    from hybrid_hpo.rules import OneOf, Range
+
+    if isinstance(rule, OneOf):
+        return "no_such_value"
+    if isinstance(rule, Range):
+        return rule.low - 1 if rule.low is not None else rule.high + 1
+    return "not-a-value"
+
+
+@pytest.mark.parametrize(("name", "setting"), [(name, setting) for name, cls in ALL.items() for setting in cls.settings])
+def test_every_declared_setting_refuses_a_bad_value_in_one_line_naming_it(name, setting):
+    import dataclasses
+
+    from hybrid_hpo.errors import ConfigError
+
+    field = {f.name: f for f in dataclasses.fields(RunConfig)}[setting]  # a KeyError: declared but no setting
+    assert field.metadata["help"]
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({**TINY, "family": name, setting: _bad_value(field.metadata["rule"])})
+    assert str(error.value).startswith(setting) and "\n" not in str(error.value)
