@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from hybrid_hpo import ConjugateGradient, Exact, Identity, Neumann, Nystrom, hypergradient
 from hybrid_hpo.bilevel import BilevelTrainer, resolve_device
 from hybrid_hpo.config import RunConfig
-from hybrid_hpo.implicit import HessianOperator, dense_matrix, operators
+from hybrid_hpo.implicit import CallableOperator, HessianOperator, dense_matrix, operators
 from hybrid_hpo.implicit.tensor_list import flatten, unflatten
 
 HAS_CUDA = torch.cuda.is_available()
@@ -306,7 +306,7 @@ LOOPS = {  # solver at two iteration counts: the syncs of the whole hypergradien
     "neumann": (Neumann(terms=2, alpha=0.3), Neumann(terms=12, alpha=0.3)),
     "neumann-damped": (Neumann(terms=2, alpha=0.3, damping=0.1), Neumann(terms=12, alpha=0.3, damping=0.1)),
     "neumann-auto": (Neumann(terms=2, alpha="auto", power_iters=2), Neumann(terms=12, alpha="auto", power_iters=12)),
-    "cg": (ConjugateGradient(max_iter=2, rtol=1e-3), ConjugateGradient(max_iter=12, rtol=1e-3)),
+    "cg": (ConjugateGradient(max_iter=2, rtol=1e-3, check_every=0), ConjugateGradient(max_iter=12, rtol=1e-3, check_every=0)),
 }
 
 
@@ -318,6 +318,21 @@ def test_solver_loops_do_not_synchronise_per_iteration(device, name):
     assert few["tolist"] == 1  # the one read of HypergradientInfo
     assert few["_local_scalar_dense"] == few["nonzero"] == 0, few
     assert few["cuda sync"] <= 3, few  # CUDA: that read and the copy of Neumann's iteration count
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cg_reads_convergence_on_the_host_once_per_check_interval(device):
+    """CG's early exit reads one boolean every ``check_every`` products (never after the last): on an
+    SPD system with 40 distinct eigenvalues and rtol 0 it cannot stop early, so 12 products = 2 reads."""
+    generator = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=generator, dtype=torch.float64))
+    matrix = (q @ torch.diag(torch.linspace(1.0, 100.0, 40, dtype=torch.float64)) @ q.T).to(device)
+    v = [torch.randn(40, generator=generator, dtype=torch.float64).to(device)]
+    spd = CallableOperator(lambda d: [matrix @ d[0]])
+    for max_iter, reads in ((4, 0), (12, 2)):
+        with count_host_syncs(device) as counter:
+            solution = ConjugateGradient(max_iter=max_iter, rtol=0.0, check_every=4).solve(spd, v)
+        assert counter["_local_scalar_dense"] == reads and int(solution.iterations) == max_iter
 
 
 class _SyncingOperator:

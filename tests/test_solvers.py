@@ -68,14 +68,29 @@ def test_cg_with_fewer_iterations_than_distinct_eigenvalues_is_not_exact(matrix)
     assert relative_error(solution.p, reference(matrix, v)) > 1e-6
 
 
-def test_cg_converges_in_as_many_iterations_as_distinct_eigenvalues_and_then_freezes():
+@pytest.mark.parametrize(("check_every", "spent"), [(1, 3), (2, 4), (4, 4), (0, 30)])
+def test_cg_stops_at_the_first_check_after_converging_and_reports_every_product(check_every, spent):
+    """Three distinct eigenvalues: CG converges in 3 products; it stops at the first host check
+    after that (never with check_every=0), and ``iterations`` is the number of products spent."""
     matrix = spd(torch.tensor([1.0] * 4 + [2.0] * 4 + [7.0] * 4))
     v = random_vector()
-    solution = ConjugateGradient(max_iter=30, rtol=1e-12).solve(operator(matrix), v)
-    assert int(solution.iterations) == 3
+    inner, calls = operator(matrix), []
+    counting = CallableOperator(lambda d: calls.append(1) or inner.matvec(d))
+    solution = ConjugateGradient(max_iter=30, rtol=1e-12, check_every=check_every).solve(counting, v)
+    assert len(calls) == int(solution.iterations) == spent
     assert relative_error(solution.p, reference(matrix, v)) < 1e-12
     assert float(solution.residual) < 1e-12
     assert all(torch.isfinite(t).all() for t in solution.p)  # the frozen iterations made no 0/0
+
+
+@pytest.mark.parametrize("rtol", [1e-3, 1e-6])
+def test_cg_stopping_early_changes_the_solution_by_less_than_its_tolerance(matrix, rtol):
+    v = random_vector()
+    early = ConjugateGradient(max_iter=3 * N, rtol=rtol, check_every=1).solve(operator(matrix), v)
+    full = ConjugateGradient(max_iter=3 * N, rtol=rtol, check_every=0).solve(operator(matrix), v)
+    assert int(early.iterations) <= N < 3 * N == int(full.iterations)  # exact in N products at the latest
+    assert relative_error(early.p, flatten(full.p)) == 0.0  # the iterations after convergence are no-ops
+    assert float(early.residual) <= rtol  # and the early solution meets the tolerance
 
 
 def test_cg_residual_matches_true_residual(matrix):

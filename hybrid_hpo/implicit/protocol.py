@@ -23,8 +23,7 @@ class Solution(NamedTuple):
     """What a solver returns.
 
     p:          the approximation of (H + δI)⁻¹ v, a tensor list shaped like v.
-    iterations: Hessian-vector products spent on the solve (0-dim tensor; CG counts only the
-                iterations it did not skip after converging).
+    iterations: Hessian-vector products spent on the solve (0-dim tensor), every product counted.
     residual:   relative residual estimate (0-dim tensor, NaN for solvers without one); see each
                 solver for its exact meaning.
     diverged:   0-dim bool tensor: the solve failed (non-finite values, a growing series, or

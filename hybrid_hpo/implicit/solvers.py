@@ -132,18 +132,23 @@ class ConjugateGradient:
     β_k = ‖r_{k+1}‖²/‖r_k‖², d = r + β_k d. Exact in n iterations on an n-dimensional SPD system
     (up to rounding). Stops being updated once ‖r‖ ≤ max(rtol‖v‖, atol) or on non-positive
     curvature ⟨d, A d⟩ ≤ 0 (then p is the truncated-CG iterate and ``diverged`` is set).
-    Convergence is tested on the device, so the loop never synchronises with the host: it always
-    spends ``max_iter`` products (a fixed, predictable cost), and the frozen iterations are no-ops.
-    residual = ‖v − A p‖/‖v‖ from the recurrence.
+    Convergence is tested on the device every iteration (an iteration after it is a no-op) and read
+    on the host every ``check_every`` iterations: the loop stops there once converged, so a solve
+    spends at most ``check_every − 1`` products beyond convergence and synchronises with the host
+    once per ``check_every`` products (``check_every=0``: never; always ``max_iter`` products, a
+    fixed cost). ``iterations`` counts every product spent. residual = ‖v − A p‖/‖v‖ from the
+    recurrence.
     """
 
     max_iter: int = option(10, "iterations (Hessian-vector products), an integer >= 0")
     rtol: float = option(1e-5, "stop at ‖r‖ <= rtol·‖v‖, a number >= 0")
     atol: float = option(0.0, "or at ‖r‖ <= atol, a number >= 0")
     damping: float = option(0.0, "δ added to H, a number >= 0")
+    check_every: int = option(4, "iterations between host reads of convergence (stop early); 0: never")
 
     def __post_init__(self) -> None:
         check(_count(self.max_iter, 0), "max_iter", "must be an integer >= 0", self.max_iter)
+        check(_count(self.check_every, 0), "check_every", "must be an integer >= 0", self.check_every)
         check(_number(self.rtol, 0), "rtol", "must be >= 0", self.rtol)
         check(_number(self.atol, 0), "atol", "must be >= 0", self.atol)
         check(_number(self.damping, 0), "damping", "must be >= 0 (0 for none, e.g. 1e-2)", self.damping)
@@ -160,8 +165,8 @@ class ConjugateGradient:
         rr = tl.dot(r, r)
         tolerance = torch.clamp_min(self.rtol**2 * rr, self.atol**2)
         breakdown = torch.zeros((), dtype=torch.bool, device=rr.device)
-        iterations = torch.zeros((), dtype=torch.int64, device=rr.device)
-        for _ in range(self.max_iter):
+        spent = 0
+        for spent in range(1, self.max_iter + 1):
             ad = operator.matvec(d)
             if self.damping:
                 tl.axpy_(ad, self.damping, d)
@@ -176,9 +181,11 @@ class ConjugateGradient:
             beta = torch.where(update, rr_next / rr, torch.zeros_like(rr))
             d = torch._foreach_add(r, torch._foreach_mul(d, beta))
             rr = torch.where(update, rr_next, rr)
-            iterations = iterations + update
+            if self.check_every and spent % self.check_every == 0 and spent < self.max_iter \
+                    and not bool((rr > tolerance) & ~breakdown):
+                break  # converged (or broke down): the remaining iterations would be no-ops
         residual = rr.sqrt() / tl.norm(v).clamp_min(torch.finfo(v[0].dtype).tiny)
-        return Solution(x, iterations, residual, breakdown | ~tl.all_finite(x))
+        return Solution(x, _scalar(spent, v[0], torch.int64), residual, breakdown | ~tl.all_finite(x))
 
 
 @dataclass(frozen=True)
