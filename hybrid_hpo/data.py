@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.errors import ConfigError, first_line
 from hybrid_hpo.splits import DataSplits, Split
 
 DATASETS: tuple[str, ...] = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "text")
@@ -237,7 +237,7 @@ def _torchvision_arrays(name: str, root: str, download: bool):
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
     except (RuntimeError, OSError) as exc:  # missing files, or a download that failed (no internet)
-        detail = f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})" if download else ""
+        detail = f" ({first_line(exc)})" if download else ""
         raise ConfigError(
             f"dataset {name!r} {'download failed' if download else 'not found'} under {root}{detail}: run once "
             f"with download=True (config/CLI option download) on a machine with internet, or place the "

@@ -18,7 +18,7 @@ example i). :class:`DataSplits` bundles train / val / test (test may be None: no
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -49,9 +49,6 @@ class Split:
     def targets(self) -> Tensor:
         """Every example's target, (N, ...)."""
         return self.y
-
-    def to(self, device: str | torch.device) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
 
 
 class _Positions:
@@ -123,12 +120,6 @@ class DataSplits:
     num_classes: int | None
     input_shape: tuple[int, ...]
     name: str
-
-    def to(self, device: str | torch.device) -> DataSplits:
-        """A copy with every in-memory split on ``device`` (dtypes unchanged)."""
-        moved = {key: split.to(device) if isinstance(split, Split) else split
-                 for key, split in (("train", self.train), ("val", self.val), ("test", self.test)) if split is not None}
-        return replace(self, **moved)
 
     def evaluated(self) -> tuple[tuple[str, Split | DatasetSplit], ...]:
         """(prefix, split) for the splits that metrics are reported on: train, val and test if present."""

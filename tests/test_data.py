@@ -100,16 +100,14 @@ def test_returned_tensors_do_not_alias_the_cache():
     assert torch.equal(b.test.x, expected) and float(b.train.x.max()) == 1.0
 
 
-def test_to_device_moves_every_tensor():
+def test_a_split_serves_examples_by_position():
     d = load_dataset("digits", val_fraction=0.2, seed=0, train_size=20, val_size=20)
-    m = d.to("meta")
-    for name in ("train", "val", "test"):
-        moved, orig = getattr(m, name), getattr(d, name)
-        assert moved.x.device.type == "meta" and moved.y.device.type == "meta"
-        assert moved.x.shape == orig.x.shape and moved.y.dtype == torch.int64
-        assert orig.x.device.type == "cpu"
-    assert (m.num_classes, m.input_shape, m.name) == (10, (1, 8, 8), "digits")
-    assert len(Split(torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64))) == 4
+    assert (d.num_classes, d.input_shape, d.name) == (10, (1, 8, 8), "digits")
+    split = Split(torch.arange(8.0).reshape(4, 2), torch.tensor([3, 1, 4, 1]))
+    assert len(split) == 4
+    x, y = split.fetch(torch.tensor([2, 0]))
+    assert torch.equal(x, torch.tensor([[4.0, 5.0], [0.0, 1.0]])) and y.tolist() == [4, 3]
+    assert [b[1].tolist() for b in split.batches(torch.arange(4).split(3))] == [[3, 1, 4], [1]]
 
 
 # ----------------------------------------------------------------------------------------- mnist1d

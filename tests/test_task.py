@@ -19,7 +19,6 @@ from hybrid_hpo.cli import main as cli
 from hybrid_hpo.config import RunConfig
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper import WeightDecay
-from hybrid_hpo.hyper.weight_decay import inverse_softplus
 from hybrid_hpo.nn import HyperDropout
 from hybrid_hpo.task.builtin import builtin_task
 

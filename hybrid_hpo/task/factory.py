@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.errors import ConfigError, first_line
 from hybrid_hpo.task.task import Task, TaskFactory
 
 if TYPE_CHECKING:
@@ -30,11 +30,6 @@ TaskSource = Task | Callable[[dict[str, Any]], Task] | str | None
 """What a run may be given: a Task, a factory, a factory's name, or None (``config.task`` or built-in)."""
 
 _FORMAT = "FILE.py:FUNCTION or MODULE:FUNCTION, e.g. my_tasks.py:make_task or my_package.tasks:make_task"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def load_factory(spec: str) -> TaskFactory:
@@ -51,9 +46,9 @@ def load_factory(spec: str) -> TaskFactory:
             if error.name and target.startswith(error.name):
                 raise ConfigError(f"task: cannot import module {error.name!r} of factory {spec!r}; install it, "
                                   f"add its folder to PYTHONPATH, or give a file: {_FORMAT}") from None
-            raise ConfigError(f"task: importing factory {spec!r} failed ({_first_line(error)})") from None
+            raise ConfigError(f"task: importing factory {spec!r} failed ({first_line(error)})") from None
         except Exception as error:  # the user's module raised while importing
-            raise ConfigError(f"task: importing factory {spec!r} failed ({_first_line(error)})") from None
+            raise ConfigError(f"task: importing factory {spec!r} failed ({first_line(error)})") from None
     factory = getattr(module, function, None)
     if factory is None:
         raise ConfigError(f"task: {target} has no function {function!r}; check the name after ':' in {spec!r}")
@@ -78,18 +73,14 @@ def _import_file(spec: str, path: Path):
         module_spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[name]
-        raise ConfigError(f"task: importing factory {spec!r} failed ({_first_line(error)})") from None
+        raise ConfigError(f"task: importing factory {spec!r} failed ({first_line(error)})") from None
     return module
 
 
-def describe(source: TaskSource) -> str:
-    """A short name of a task source for messages."""
-    if isinstance(source, str):
-        return source
-    if isinstance(source, Task):
-        return f"Task {source.name!r}"
-    module = getattr(source, "__module__", None)
-    name = getattr(source, "__qualname__", type(source).__name__)
+def _factory_name(factory: Callable) -> str:
+    """``module:qualname`` of a factory function, for messages."""
+    name = getattr(factory, "__qualname__", type(factory).__name__)
+    module = getattr(factory, "__module__", None)
     return f"{module}:{name}" if module else name
 
 
@@ -111,7 +102,7 @@ def resolve_task(source: TaskSource, config: RunConfig) -> Task:
     elif isinstance(source, str):
         factory, label = load_factory(source), source
     elif callable(source):
-        factory, label = source, describe(source)
+        factory, label = source, _factory_name(source)
     else:
         raise ConfigError(f"task: expected a hybrid_hpo.Task, a factory config -> Task or its name ({_FORMAT}), "
                           f"got {type(source).__name__}")
@@ -120,7 +111,7 @@ def resolve_task(source: TaskSource, config: RunConfig) -> Task:
     except ConfigError:
         raise
     except Exception as error:
-        raise ConfigError(f"task: factory {label} raised {_first_line(error)}") from None
+        raise ConfigError(f"task: factory {label} raised {first_line(error)}") from None
     if not isinstance(task, Task):
         raise ConfigError(f"task: factory {label} returned {type(task).__name__}, not a hybrid_hpo.Task; "
                           "return Task(model=..., data=...)")

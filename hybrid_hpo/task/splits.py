@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.errors import ConfigError, first_line
 from hybrid_hpo.splits import DatasetSplit, DataSplits, Split
 from hybrid_hpo.task.task import Task
 
@@ -92,8 +92,8 @@ def probe(task: Task, train: Split | DatasetSplit) -> tuple[tuple[int, ...], int
     try:
         x, y = train.fetch(torch.arange(size))
     except Exception as error:
-        raise ConfigError(f"task.data: reading training examples failed ({type(error).__name__}: "
-                          f"{_line(error)}); each item must be an (x, y) pair of tensors or numbers") from None
+        raise ConfigError(f"task.data: reading training examples failed ({first_line(error)}); each item must "
+                          "be an (x, y) pair of tensors or numbers") from None
     model, was_training = task.model, task.model.training
     model.eval()
     try:
@@ -123,9 +123,4 @@ def _run(name: str, what: str, function, *args):
     except ConfigError:
         raise
     except Exception as error:
-        raise ConfigError(f"{name}: {what} ({type(error).__name__}: {_line(error)})") from None
-
-
-def _line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
+        raise ConfigError(f"{name}: {what} ({first_line(error)})") from None
