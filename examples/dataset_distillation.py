@@ -54,7 +54,7 @@ def fresh_accuracy(config: RunConfig, data, images: torch.Tensor, labels: torch.
     torch.manual_seed(config.seed + 1)
     model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes)
     optimizer, lr = RETRAIN[config.model]
-    fit_on_images(model, images, labels, steps=steps, lr=lr, optimizer=optimizer, decay=config.fixed_decay)
+    fit_on_images(model, images, labels, steps=steps, lr=lr, optimizer=optimizer, decay=config.family_options["fixed_decay"])
     return accuracy(model, data.test.x, data.test.y)
 
 

@@ -35,14 +35,13 @@ COMMON = {
     "dataset": "digits", "model": "mlp", "hidden": [256], "val_fraction": 0.5, "batch_size": 64,
     "inner_optimizer": "momentum", "inner_lr": 0.05, "fixed_decay": 1e-4, "device": "cpu",
     "solver": "neumann", "solver.terms": 5, "solver.alpha": "auto", "hyper_optimizer": "adam", "hyper_lr": 3e-3, "inner_steps": 4,
-    "augment_width": 8,
     "diverged_policy": "apply",  # the Hessian is indefinite early on: Neumann's residual exceeds 1 on most steps
 }
 VARIANTS = {
     "none": {"family": "fixed_augment", "augment_shift": 0},
     "shift": {"family": "fixed_augment", "augment_shift": 1},
     "shift_flip": {"family": "fixed_augment", "augment_shift": 1, "augment_flip": True},
-    "learned": {"family": "augment"},
+    "learned": {"family": "augment", "augment_width": 8},
 }
 
 

@@ -32,8 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    parse_extra = getattr(args, "parse_extra", None)
+    if extra and parse_extra is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if extra:  # a subcommand may take flags it learns from a registry (run: the family options)
+            parse_extra(extra, args)
         return int(args.handler(args) or 0)
     except ConfigError as error:
         print(f"hybrid-hpo {args.command}: error: {error}", file=sys.stderr)

@@ -21,17 +21,12 @@ from typing import Any
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.optimizers import OPTIMIZERS
-from hybrid_hpo.rules import Described, OneOf, Range
+from hybrid_hpo.rules import Described, OneOf, Range, check_rules, options_of, setting
 
 DIVERGED_POLICIES: tuple[str, ...] = ("reject", "apply")
 """``diverged_policy``: what a hyper step does with a finite hypergradient whose solver diverged."""
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-FIXED_DECAY: float = 1e-3
-"""The default c of the fixed L2 term c/2·Σ‖w‖² (``fixed_decay``), for RunConfig and the families."""
-FIXED_DECAY_RULE = Range(0)
-"""``fixed_decay``: a number >= 0 (0: no L2); checked by RunConfig and the families' constructors."""
 
 SOLVER_PREFIX = "solver."
 """A solver option's setting name is ``solver.<option>`` (``solver.max_iter``): a YAML ``solver:``
@@ -43,12 +38,6 @@ MOVED: dict[str, str] = {
     "rank": "solver.rank (nystrom)",
 }
 """Settings that became solver options, and what to write instead."""
-
-
-def setting(default: Any, help: str, rule: Any) -> Any:
-    """A RunConfig field: its default, one line of help and the rule of its allowed values (None:
-    its type is the rule); ``hybrid-hpo run --help`` shows ``help; allowed values``."""
-    return field(default=default, metadata={"help": help, "rule": rule})
 
 
 def _datasets() -> tuple[str, ...]:
@@ -73,12 +62,6 @@ def _families() -> tuple[str, ...]:
     from hybrid_hpo.hyper import FAMILIES
 
     return tuple(FAMILIES)
-
-
-def _granularities() -> tuple[str, ...]:
-    from hybrid_hpo.hyper import GRANULARITIES
-
-    return GRANULARITIES
 
 
 def _solvers() -> tuple[str, ...]:
@@ -117,12 +100,10 @@ class RunConfig:
     a dict), or None for the built-in task chosen by ``dataset``, ``model`` (+ ``hidden``,
     ``activation``), ``train_size``, ``val_size``, ``imbalance``, ``data_root``, ``download``;
     ``val_fraction`` (the validation share of the pool); ``num_workers`` (DataLoader workers for
-    datasets that are not in-memory tensors). Hyperparameters tuned by gradient: ``family``
-    (+ ``granularity``, ``init_decay``; ``fixed_decay``, a fixed L2 c/2·||w||² on all weights in L_T of
-    the augment, fixed_augment and distill families; ``augment_width``, channels of the learned
-    augmenter; ``augment_shift`` / ``augment_flip``, the fixed_augment baseline's max shift in pixels
-    and mirroring; ``distill_per_class``, distilled images per class; ``fixed_dropout``, the drop rate of the ``fixed``
-    family, which has no λ: plain training with a fixed L2 ``fixed_decay`` and fixed dropout). Hypergradient: ``solver`` with
+    datasets that are not in-memory tensors). Hyperparameters tuned by gradient: ``family`` with
+    ``family_options`` (that family's own options, declared in its file and set by their plain
+    names: ``granularity`` and ``init_decay`` of weight_decay, ``fixed_decay`` of augment, distill
+    and fixed, ...; see docs/families.md). Hypergradient: ``solver`` with
     ``solver_options`` (that solver's own options, set as ``solver.<option>``: ``solver.terms``
     and ``solver.alpha`` of neumann, ``solver.max_iter`` of cg, ``solver.rank`` of nystrom, ...; see
     docs/solvers.md), ``diverged_policy`` (a finite hypergradient from a diverged solve: "reject"
@@ -135,8 +116,8 @@ class RunConfig:
     task: str | None = setting(None, "your own task: a factory returning a hybrid_hpo.Task (none: the built-in task)", _TASK)
     dataset: str = setting("digits", "built-in dataset", OneOf(_datasets))
     model: str = setting("mlp", "built-in model", OneOf(_models))
-    family: str = setting("weight_decay", "hyperparameter family tuned by hypergradient", OneOf(_families))
-    granularity: str = setting("per_weight", "one decay for all weights, per tensor, or per weight", OneOf(_granularities))
+    family: str = setting("weight_decay", "hyperparameter family tuned by hypergradient; its options below", OneOf(_families))
+    family_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the family's own options"})
     solver: str = setting("neumann", "inverse-HVP solver; its options via --solver-option", OneOf(_solvers))
     solver_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the solver's own options (solver.<option>)"})
     diverged_policy: str = setting("reject", "a finite hypergradient from a diverged solve: reject the hyper step or apply it", OneOf(DIVERGED_POLICIES))
@@ -152,38 +133,34 @@ class RunConfig:
     device: str = setting("auto", "where to train", _DEVICE_RULE)
     hidden: tuple[int, ...] = setting((512, 256), "layer widths of mlp (lstm_lm: its width)", _HIDDEN)
     activation: str = setting("relu", "activation of mlp", OneOf(_activations))
-    init_decay: float = setting(1e-3, "initial decay", Range(0, open_low=True))
-    fixed_decay: float = setting(FIXED_DECAY, "fixed L2 c/2·||w||² in L_T (0: none)", FIXED_DECAY_RULE)
-    augment_width: int = setting(8, "channels of the learned augmenter", Range(1, integer=True))
-    augment_shift: int = setting(1, "largest random shift in pixels", Range(0, integer=True))
-    augment_flip: bool = setting(False, "mirror images at random", None)
-    distill_per_class: int = setting(1, "distilled images per class", Range(1, integer=True))
     data_root: str | None = setting(None, "folder of downloaded datasets (none: the default cache)", None)
     download: bool = setting(False, "download a missing dataset (mnist, cifar...)", None)
     train_size: int | None = setting(None, "training examples used", Range(1, integer=True, optional="the whole split"))
     val_size: int | None = setting(None, "validation examples used", Range(1, integer=True, optional="the whole split"))
     imbalance: float | None = setting(None, "largest / smallest train class ratio", Range(1, optional="balanced"))
-    init_dropout: float = setting(0.1, "initial drop rate", Range(0, 1, open_low=True, open_high=True))
-    fixed_dropout: float = setting(0.0, "drop rate of plain training", Range(0, 1, open_high=True))
     num_workers: int = setting(0, "DataLoader workers for datasets that are not in-memory tensors", Range(0, integer=True))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
         """Build and validate a config from ``values`` (missing keys keep their defaults).
 
-        Keys ``solver.<option>`` set ``solver_options``. Raises ConfigError on an unknown key, a
-        value of the wrong type, or a bad value.
+        Keys ``solver.<option>`` set ``solver_options``; a family option's plain name (e.g.
+        ``init_decay``, declared by a registered family) sets ``family_options``. Raises
+        ConfigError on an unknown key, a value of the wrong type, or a bad value.
         """
-        names = field_names()
-        plain = {key: value for key, value in values.items() if not key.startswith(SOLVER_PREFIX)}
-        for key in sorted(set(plain) - set(names) - {"solver_options"}):
-            raise ConfigError(unknown_setting_message(key))
-        dotted = {key.removeprefix(SOLVER_PREFIX): value for key, value in values.items()
-                  if key.startswith(SOLVER_PREFIX)}
-        options = dict(plain.pop("solver_options", None) or {})
-        for key in sorted(set(dotted) & set(options)):
-            raise ConfigError(f"solver.{key}: given twice (in solver_options and as solver.{key}); keep one")
-        config = cls(**plain, solver_options={**options, **dotted})
+        plain, dotted, family = {}, {}, {}
+        for key in sorted(values):
+            if key.startswith(SOLVER_PREFIX):
+                dotted[key.removeprefix(SOLVER_PREFIX)] = values[key]
+            elif key in field_names() or key in _OPTION_FIELDS:
+                plain[key] = values[key]
+            elif key in family_option_names():
+                family[key] = values[key]
+            else:
+                raise ConfigError(unknown_setting_message(key))
+        solver = _merged("solver_options", SOLVER_PREFIX, dotted, plain.pop("solver_options", None))
+        family = _merged("family_options", "", family, plain.pop("family_options", None))
+        config = cls(**plain, solver_options=solver, family_options=family)
         config.validate()
         return config
 
@@ -191,17 +168,24 @@ class RunConfig:
         """Convert each value to its field type (e.g. "0.1" -> 0.1, [256] -> (256,)); ConfigError
         naming the field when impossible. Value ranges are checked by :meth:`validate`."""
         for name, hint in _type_hints().items():
-            if name != "solver_options":
+            if name not in _OPTION_FIELDS:
                 setattr(self, name, _coerce(name, hint, getattr(self, name)))
-        self.solver_options = _solver_options(self.solver, self.solver_options)
+        from hybrid_hpo.hyper import FAMILIES
+        from hybrid_hpo.implicit import SOLVERS
+
+        self.solver_options = _typed_options("solver_options", SOLVERS.get(self.solver), self.solver_options,
+                                             SOLVER_PREFIX)
+        family = FAMILIES.get(self.family)
+        self.family_options = _typed_options("family_options", family and family.options, self.family_options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready values (``hidden`` as a list, each solver option as
-        ``solver.<option>``); ``from_mapping`` inverts it."""
+        ``solver.<option>``, each family option by its name); ``from_mapping`` inverts it."""
         values = dataclasses.asdict(self)
         values["hidden"] = list(self.hidden)
         for key, value in values.pop("solver_options").items():
             values[SOLVER_PREFIX + key] = value
+        values.update(values.pop("family_options"))
         return values
 
     def make_solver(self) -> Any:
@@ -212,28 +196,43 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError (one line: the field and the fix) on the first bad setting: each field's
-        rule (the allowed values ``hybrid-hpo run --help`` shows), the solver's own constructor, then
-        the family's own checks."""
+        rule (the allowed values ``hybrid-hpo run --help`` shows), the solver's own constructor, the
+        family's declared options, then the family's own checks."""
         from hybrid_hpo.hyper import FAMILIES
 
-        for item in dataclasses.fields(self):
-            rule = item.metadata.get("rule")
-            if rule is not None:
-                rule.check(item.name, getattr(self, item.name))
+        check_rules(self)
         self.make_solver()
-        FAMILIES[self.family].validate_config(self)
+        family = FAMILIES[self.family]
+        for key in self.family_options:
+            if key not in family.options.names():
+                raise ConfigError(_not_an_option_message(key, self.family))
+        family.options(**self.family_options)
+        family.validate_config(self)
+
+
+_OPTION_FIELDS = ("solver_options", "family_options")
+"""The RunConfig fields set through other names: ``solver.<option>`` and the family options' own names."""
 
 
 def field_names() -> tuple[str, ...]:
-    """RunConfig's settings in declaration order (the CLI flag order); ``solver_options`` is set
-    as ``solver.<option>`` (see :func:`is_setting`)."""
-    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "solver_options")
+    """RunConfig's own settings in declaration order (the CLI flag order); the solver's and the
+    family's options are set by their own names (see :func:`is_setting`)."""
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _OPTION_FIELDS)
+
+
+def family_option_names() -> tuple[str, ...]:
+    """Every option a registered family declares (each name once, in registry order)."""
+    from hybrid_hpo.hyper import FAMILIES
+
+    return tuple(dict.fromkeys(name for family in FAMILIES.values() for name in family.options.names()))
 
 
 def is_setting(key: str) -> bool:
-    """``key`` names a RunConfig setting: a field, or ``solver.<option>`` (checked against the
-    chosen solver when the config is built)."""
-    return key in field_names() or (key.startswith(SOLVER_PREFIX) and key != SOLVER_PREFIX)
+    """``key`` names a RunConfig setting: a field, ``solver.<option>`` (checked against the chosen
+    solver when the config is built) or a registered family's option (checked against the chosen
+    family)."""
+    return (key in field_names() or (key.startswith(SOLVER_PREFIX) and key != SOLVER_PREFIX)
+            or key in family_option_names())
 
 
 def unknown_setting_message(key: str, field: str | None = None) -> str:
@@ -244,24 +243,48 @@ def unknown_setting_message(key: str, field: str | None = None) -> str:
     where = field or key
     if key in MOVED:
         return f"{where}: is now a solver option; write {MOVED[key]}"
-    names = field_names()
+    names = field_names() + family_option_names()
     guess = difflib.get_close_matches(key, names, n=1)
     hint = f"did you mean {guess[0]!r}?" if guess else f"valid settings: {', '.join(names)}, solver.<option>"
     return f"{where}: unknown setting; {hint}"
 
 
-def _solver_options(solver: Any, options: Any) -> dict[str, Any]:
-    """``options`` converted to the types the solver declares, its defaults filled in (so equal
-    settings compare equal); unchanged when ``solver`` is not registered (validate reports it)."""
-    from hybrid_hpo.implicit import SOLVERS, options_of
+def _not_an_option_message(key: str, family: str) -> str:
+    """One line for an option ``key`` the chosen ``family`` does not declare."""
+    from hybrid_hpo.hyper import FAMILIES
 
+    owners = [name for name, cls in FAMILIES.items() if key in cls.options.names()]
+    if not owners:
+        return unknown_setting_message(key)
+    mine = ", ".join(FAMILIES[family].options.names()) or "none"
+    return (f"{key}: an option of the {' and '.join(owners)} family, not of {family} (its options: {mine}); "
+            f"remove it or set family: {owners[0]}")
+
+
+def _merged(field_name: str, prefix: str, named: dict[str, Any], mapping: Any) -> Any:
+    """Options given by name (``named``) and as the mapping ``field_name`` (``solver_options`` /
+    ``family_options``); ConfigError when an option is given both ways."""
+    if mapping is None:
+        return named
+    if not isinstance(mapping, Mapping):
+        return mapping  # __post_init__ names the field and the fix
+    for key in sorted(set(named) & set(mapping)):
+        raise ConfigError(f"{prefix}{key}: given twice (in {field_name} and as {prefix}{key}); keep one")
+    return {**mapping, **named}
+
+
+def _typed_options(field_name: str, declaring: type | None, options: Any, prefix: str = "") -> dict[str, Any]:
+    """``options`` converted to the types the ``declaring`` dataclass (a solver or a family's
+    options) declares, its defaults filled in (so equal settings compare equal); unchanged when
+    ``declaring`` is None (an unknown solver or family: validate reports it). Undeclared keys are
+    kept for :meth:`RunConfig.validate` to refuse."""
     if not isinstance(options, Mapping):
-        raise ConfigError(f"solver_options must be a mapping of option -> value (got {options!r})")
-    if solver not in SOLVERS:
+        raise ConfigError(f"{field_name} must be a mapping of option -> value (got {options!r})")
+    if declaring is None:
         return dict(options)
-    declared = {info.name: info for info in options_of(SOLVERS[solver])}
+    declared = {info.name: info for info in options_of(declaring)}
     return {**{name: info.default for name, info in declared.items()},
-            **{key: _coerce(SOLVER_PREFIX + key, declared[key].type, value) if key in declared else value
+            **{key: _coerce(prefix + key, declared[key].type, value) if key in declared else value
                for key, value in options.items()}}
 
 

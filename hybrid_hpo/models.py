@@ -23,6 +23,7 @@ All are plain ``nn.Module`` trees, so ``torch.func.functional_call(model, params
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -89,6 +90,16 @@ class LSTMLanguageModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.lstm(self.embed_gate(self.embed(x)))
         return self.decoder(self.output_gate(hidden)).transpose(1, 2)
+
+
+@functools.cache
+def has_dropout_sites(name: str) -> bool:
+    """Whether built-in model ``name`` has :class:`HyperDropout` sites, read off a tiny instance
+    (token windows (4,) for ``lstm_lm``, 8x8 one-channel images otherwise; cached per name)."""
+    from hybrid_hpo.nn import dropout_sites
+
+    shape = (4,) if name == "lstm_lm" else (1, 8, 8)
+    return bool(dropout_sites(build_model(name, input_shape=shape, num_classes=2, hidden=(2,))))
 
 
 def _lm_width(input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> int:

@@ -6,6 +6,8 @@ The same rule object validates a RunConfig field (:meth:`RunConfig.validate`) an
 from __future__ import annotations
 
 import math
+import dataclasses
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +51,8 @@ class Range:
             return
         low_ok = self.low is None or (value > self.low if self.open_low else value >= self.low)
         high_ok = self.high is None or (value < self.high if self.open_high else value <= self.high)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and high_ok):
+        whole = not self.integer or (isinstance(value, (int, float)) and float(value).is_integer())
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and high_ok and whole):
             raise ConfigError(f"{name} must be {self.describe()} (got {value!r})")
 
     def describe(self) -> str:
@@ -64,6 +67,41 @@ class Range:
                 bounds.append(f"{'<' if self.open_high else '<='} {_text(self.high)}")
         text = f"{noun} {' and '.join(bounds)}".strip()
         return f"{text}, or none for {self.optional}" if self.optional else text
+
+
+def setting(default: Any, help: str, rule: Any) -> Any:
+    """A declared setting (a RunConfig field, or a field of a family's options): a dataclass field
+    with its default, one line of help and the rule of its allowed values (None: its type is the
+    rule); ``hybrid-hpo run --help`` shows ``help; allowed values``."""
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule})
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One declared option: name, type hint (e.g. ``int``), default, one-line help and rule (None:
+    validated elsewhere, e.g. by a solver's constructor)."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    rule: Any = None
+
+
+def options_of(cls: type) -> tuple[OptionInfo, ...]:
+    """The options a dataclass declares (its fields), in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return tuple(OptionInfo(f.name, hints[f.name], f.default, f.metadata.get("help", ""), f.metadata.get("rule"))
+                 for f in dataclasses.fields(cls))
+
+
+def check_rules(instance: Any) -> None:
+    """Check every field of the dataclass ``instance`` against its declared rule (one-line ConfigError
+    naming the field on the first bad value)."""
+    for item in dataclasses.fields(instance):
+        rule = item.metadata.get("rule")
+        if rule is not None:
+            rule.check(item.name, getattr(instance, item.name))
 
 
 def _text(number: float) -> str:

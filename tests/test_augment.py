@@ -120,7 +120,7 @@ def test_random_shift_is_a_zero_padded_integer_shift_and_covers_all_offsets():
 
 
 SMALL = dict(model="mlp", hidden=[32], batch_size=64, inner_steps=3, device="cpu", fixed_decay=1e-4,
-             augment_width=4, epochs=2, **{"solver.terms": 3, "solver.alpha": "auto"})
+             epochs=2, **{"solver.terms": 3, "solver.alpha": "auto"})
 
 
 def trainer(**overrides):
@@ -131,14 +131,14 @@ def trainer(**overrides):
 
 
 def test_learned_augmentation_trains_end_to_end_and_restores_exactly(tmp_path):
-    run = trainer(family="augment", hyper_lr=0.01, diverged_policy="apply")  # as searches/augment.yaml
+    run = trainer(family="augment", augment_width=4, hyper_lr=0.01, diverged_policy="apply")  # as searches/augment.yaml
     assert run.family.num_hparams == (2 * 4 * 9 + 4) + (4 * 8 * 9 + 8) + (12 * 4 * 9 + 4) + (4 + 1)
     first = run.train_epoch()
     assert first["hyper_steps"] > 0 and first["rejected_hyper_steps"] == 0
     assert first["augment_out_norm"] > 0  # λ left the identity
     state = run.state_dict()
     continued = run.train_epoch()
-    restored = trainer(family="augment", hyper_lr=0.01, diverged_policy="apply")
+    restored = trainer(family="augment", augment_width=4, hyper_lr=0.01, diverged_policy="apply")
     restored.load_state_dict(state)
     again = restored.train_epoch()
     for key in ("train_loss", "val_loss", "test_acc", "augment_lambda_norm"):

@@ -74,19 +74,25 @@ def test_bad_output_paths_and_device_are_refused_before_training(flags, expected
 def test_run_help_describes_every_option_with_its_allowed_values_in_one_spelling(capsys):
     import dataclasses
 
-    from hybrid_hpo.config import RunConfig
+    from hybrid_hpo.config import RunConfig, field_names
+    from hybrid_hpo.hyper import FAMILIES
     from hybrid_hpo.implicit import SOLVERS
+    from hybrid_hpo.rules import options_of
 
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for field in dataclasses.fields(RunConfig):
-        if field.name == "solver_options":
-            continue
-        rule = field.metadata["rule"]
-        assert field.metadata["help"] in text, field.name
-        assert rule is None or rule.describe() in text, field.name  # the rule validate() checks
-        if "_" in field.name:
-            assert f"--{field.name} " not in text, field.name  # only the dash spelling is shown
+    declared = [(f.name, f.metadata["help"], f.metadata["rule"]) for f in dataclasses.fields(RunConfig)
+                if f.name in field_names()]
+    declared += [(o.name, o.help, o.rule) for family in FAMILIES.values() for o in options_of(family.options)]
+    for name, meaning, rule in declared:
+        assert meaning in text, name
+        assert rule is None or rule.describe() in text, name  # the rule validation checks
+        if "_" in name:
+            assert f"--{name} " not in text, name  # only the dash spelling is shown
     assert all(f"{name}:" in text for name in SOLVERS) and "max_iter=10" in text
+    assert "augment, fixed_augment, distill, fixed: fixed L2" in text  # a shared option names its families
     assert build_parser().parse_args(["run", "--inner_lr", "0.5"]).inner_lr == "0.5"  # still accepted
+    args, extra = build_parser().parse_known_args(["run", "--init_decay", "0.5", "--no-augment-flip", "--epochs", "2"])
+    args.parse_extra(extra, args)
+    assert args.family_values == {"init_decay": "0.5", "augment_flip": False} and args.epochs == "2"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from hybrid_hpo.config import RunConfig, field_names
+from hybrid_hpo.config import RunConfig, family_option_names, field_names
 from hybrid_hpo.errors import ConfigError
 
 BAD = [
@@ -53,18 +53,39 @@ def test_solver_options_come_dotted_or_as_a_mapping_but_not_both():
 
 def test_defaults_are_valid_and_names_are_stable():
     RunConfig().validate()
-    for name in ("dataset", "model", "family", "granularity", "solver",
+    for name in ("dataset", "model", "family", "solver",
                  "inner_lr", "inner_optimizer", "hyper_lr", "hyper_optimizer", "val_fraction", "inner_steps",
-                 "epochs", "batch_size", "seed", "device", "hidden", "activation", "init_decay", "data_root",
+                 "epochs", "batch_size", "seed", "device", "hidden", "activation", "data_root",
                  "download", "train_size", "val_size"):
         assert name in field_names()
+    for name in ("granularity", "init_decay", "fixed_decay", "augment_width", "augment_shift", "augment_flip",
+                 "distill_per_class", "init_dropout", "fixed_dropout"):  # the families' own options
+        assert name in family_option_names() and name not in field_names()
+
+
+def test_family_options_come_by_name_or_as_a_mapping_but_not_both():
+    named = RunConfig.from_mapping({"family": "dropout", "init_dropout": "0.3"})
+    mapping = RunConfig.from_mapping({"family": "dropout", "family_options": {"init_dropout": 0.3}})
+    assert named == mapping and named.family_options == {"init_dropout": 0.3}
+    assert RunConfig().family_options == {"granularity": "per_weight", "init_decay": 1e-3}  # defaults filled in
+    with pytest.raises(ConfigError, match=r"^init_dropout: given twice"):
+        RunConfig.from_mapping({"family": "dropout", "family_options": {"init_dropout": 0.2}, "init_dropout": 0.3})
+
+
+def test_an_option_of_another_family_is_refused_naming_its_family():
+    with pytest.raises(ConfigError, match=r"^init_dropout: an option of the dropout family, not of weight_decay "
+                                          r"\(its options: granularity, init_decay\); remove it or set family: dropout$"):
+        RunConfig.from_mapping({"init_dropout": 0.2})
+    with pytest.raises(ConfigError, match=r"^fixed_decay: an option of the augment and fixed_augment and distill and "
+                                          r"fixed family, not of dropout"):
+        RunConfig.from_mapping({"family": "dropout", "fixed_decay": 0.1})
 
 
 def test_round_trip_through_dict_and_json():
     config = RunConfig.from_mapping({"solver": "neumann", "solver.terms": 7, "solver.alpha": "auto", "hidden": [64, 32],
                                      "granularity": "per_tensor", "train_size": 100, "device": "cuda:1",
                                      "download": True, "data_root": "/tmp/data", "inner_lr": 0.05})
-    assert RunConfig.from_mapping(config.to_dict()) == config
+    assert RunConfig.from_mapping(config.to_dict()) == config and config.to_dict()["granularity"] == "per_tensor"
     assert RunConfig.from_mapping(json.loads(json.dumps(config.to_dict()))) == config
     assert config.to_dict()["hidden"] == [64, 32]
 

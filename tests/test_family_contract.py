@@ -6,8 +6,12 @@ w*(λ), one fixed draw of the family's noise) against central finite differences
 on a tiny float64 MLP (for families with λ), every setting it declares refusing a bad value in one
 line that names it, a state round trip that continues bit for bit
 (generator included), and ``render`` writing PNG files or nothing without touching the generator.
+The toy also declares an option in its own class, which RunConfig, the ``run`` flags and the help
+then know with no other file touched.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -16,22 +20,32 @@ from ift_check import directional_fd, inner, lbfgs_warm_start, newton_minimize
 import torch.nn.functional as F
 
 from hybrid_hpo.config import RunConfig
+from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper import FAMILIES, FamilyContext, HyperFamily
+from hybrid_hpo.hyper.base import FamilyOptions
 from hybrid_hpo.implicit import Exact, hypergradient
 from hybrid_hpo.models import build_model
+from hybrid_hpo.rules import OneOf, Range, options_of, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyOptions(FamilyOptions):
+    toy_init: float = setting(-3.0, "initial raw decay of the toy", Range(-10, 10))
 
 class GlobalDecayToy(HyperFamily):
     """Toy family: one decay softplus(λ) on every parameter, L_T = mean CE + softplus(λ)/2·Σ‖w‖²."""
 
     name = "global_decay_toy"
+    options = ToyOptions
 
-    def __init__(self, like: torch.Tensor, loss=None) -> None:
+    def __init__(self, like: torch.Tensor, toy_init: float = ToyOptions.toy_init, loss=None) -> None:
         super().__init__(loss)
-        self._register("decay", torch.full((), -3.0, dtype=like.dtype, device=like.device))
+        ToyOptions(toy_init=toy_init)
+        self._register("decay", torch.full((), toy_init, dtype=like.dtype, device=like.device))
 
     @classmethod
     def from_config(cls, config, context):
-        return cls(next(iter(context.params.values())), loss=context.loss)
+        return cls(next(iter(context.params.values())), **config.family_options, loss=context.loss)
 
     def train_loss(self, model_fn, params, hparams, batch):
         x, y, _ = batch
@@ -51,16 +65,22 @@ def registered_toy(monkeypatch):
 
 
 TINY = {"dataset": "digits", "model": "mlp", "hidden": [8], "train_size": 64, "val_size": 64, "batch_size": 32,
-        "epochs": 3, "inner_steps": 1, "device": "cpu", "augment_width": 2, "solver": "cg",
-        "solver.max_iter": 5, "solver.damping": 0.1}
+        "epochs": 3, "inner_steps": 1, "device": "cpu", "solver": "cg", "solver.max_iter": 5, "solver.damping": 0.1}
 """One small run every family can take (image-shaped inputs, an MLP with dropout sites)."""
+SMALL_OPTIONS = {"augment": {"augment_width": 2}}
+"""Per family, options that keep the tiny run tiny."""
+
+
+def tiny(name: str, **changes) -> dict:
+    """TINY for family ``name``, with its small options and ``changes``."""
+    return {**TINY, "family": name, **SMALL_OPTIONS.get(name, {}), **changes}
 INPUT_SHAPE, CLASSES = (1, 4, 4), 3
 
 
 def _problem(name: str):
     """A float64 family on a tiny tanh MLP (smooth, so Newton and finite differences apply), its L_T (fixed noise, + a ridge that keeps the inner
     problem strongly convex near w*) and L_V, and initial w and λ."""
-    config = RunConfig.from_mapping({**TINY, "family": name})
+    config = RunConfig.from_mapping(tiny(name))
     torch.manual_seed(0)
     model = build_model("mlp", input_shape=INPUT_SHAPE, num_classes=CLASSES, hidden=(3,), activation="tanh").double()
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -113,7 +133,7 @@ def test_a_family_without_lambda_says_so_and_one_with_lambda_has_some(name):
 def test_state_round_trip_continues_bit_for_bit(name):
     from hybrid_hpo.bilevel import BilevelTrainer
 
-    config = RunConfig.from_mapping({**TINY, "family": name})
+    config = RunConfig.from_mapping(tiny(name))
     trainer = BilevelTrainer(config)
     trainer.train_epoch()
     state = trainer.state_dict()
@@ -130,7 +150,7 @@ def test_state_round_trip_continues_bit_for_bit(name):
 def test_render_writes_pngs_or_nothing_and_leaves_the_generator_alone(name, tmp_path):
     from hybrid_hpo.bilevel import BilevelTrainer
 
-    trainer = BilevelTrainer(RunConfig.from_mapping({**TINY, "family": name, "epochs": 1}))
+    trainer = BilevelTrainer(RunConfig.from_mapping(tiny(name, epochs=1)))
     trainer.train_epoch()
     before = None if trainer.family.generator is None else trainer.family.generator.get_state()
     paths = trainer.render(tmp_path / "pictures")
@@ -142,8 +162,6 @@ def test_render_writes_pngs_or_nothing_and_leaves_the_generator_alone(name, tmp_
 
 def _bad_value(rule):
     """A value ``rule`` refuses (None: the field type itself refuses a word)."""
-    from hybrid_hpo.rules import OneOf, Range
-
     if isinstance(rule, OneOf):
         return "no_such_value"
     if isinstance(rule, Range):
@@ -151,14 +169,46 @@ def _bad_value(rule):
     return "not-a-value"
 
 
-@pytest.mark.parametrize(("name", "setting"), [(name, setting) for name, cls in ALL.items() for setting in cls.settings])
-def test_every_declared_setting_refuses_a_bad_value_in_one_line_naming_it(name, setting):
-    import dataclasses
+DECLARED = [(name, info) for name, cls in ALL.items() for info in options_of(cls.options)]
 
-    from hybrid_hpo.errors import ConfigError
 
-    field = {f.name: f for f in dataclasses.fields(RunConfig)}[setting]  # a KeyError: declared but no setting
-    assert field.metadata["help"]
-    with pytest.raises(ConfigError) as error:
-        RunConfig.from_mapping({**TINY, "family": name, setting: _bad_value(field.metadata["rule"])})
-    assert str(error.value).startswith(setting) and "\n" not in str(error.value)
+@pytest.mark.parametrize(("name", "info"), DECLARED, ids=[f"{name}-{info.name}" for name, info in DECLARED])
+def test_every_declared_option_refuses_a_bad_value_in_one_line_naming_it(name, info):
+    assert info.help
+    base = {**TINY, "family": name}
+    for values in ({**base, info.name: _bad_value(info.rule)}, {**base, "family_options": {info.name: _bad_value(info.rule)}}):
+        with pytest.raises(ConfigError) as error:
+            RunConfig.from_mapping(values)
+        assert str(error.value).startswith(info.name) and "\n" not in str(error.value)
+    assert RunConfig.from_mapping(base).family_options[info.name] == info.default
+
+
+def test_options_are_flat_names_declared_alike_wherever_shared_and_apart_from_runconfig_fields():
+    from hybrid_hpo.config import field_names
+
+    first = {}
+    for name, info in DECLARED:
+        assert info.name not in field_names(), f"{name}.{info.name} shadows a RunConfig field"
+        seen = first.setdefault(info.name, (name, info))[1]
+        assert (seen.type, seen.default, seen.help, seen.rule) == (info.type, info.default, info.help, info.rule), \
+            f"{info.name}: declared differently by {first[info.name][0]} and {name}"
+
+
+def test_a_registered_family_option_is_a_setting_a_run_flag_and_a_help_line(capsys):
+    from hybrid_hpo.cli import build_parser, main
+
+    config = RunConfig.from_mapping(tiny(GlobalDecayToy.name, toy_init="-2.5"))
+    assert config.family_options == {"toy_init": -2.5} and config.to_dict()["toy_init"] == -2.5
+    assert config_family(config).hparams()["decay"].item() == -2.5
+    assert main(["run", "--family", GlobalDecayToy.name, "--toy-init", "11", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == "hybrid-hpo run: error: toy_init must be a number >= -10 and <= 10 (got 11.0)"
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "--toy-init TOY_INIT" in run_help and "global_decay_toy: initial raw decay of the toy" in run_help
+
+
+def config_family(config):
+    """The family ``config`` builds on the tiny problem's model."""
+    model = build_model("mlp", input_shape=INPUT_SHAPE, num_classes=CLASSES, hidden=(3,))
+    context = FamilyContext(params=dict(model.named_parameters()), num_train=12, input_shape=INPUT_SHAPE,
+                            num_classes=CLASSES, model=model)
+    return ALL[config.family].from_config(config, context)

@@ -92,7 +92,8 @@ def test_quickstart_tunes_over_100k_hyperparameters_with_neumann():
     assert spec.num_trials >= 8 and spec.max_concurrent == 2
     label, values = spec.sample_configs()[0]
     config = RunConfig.from_mapping(values)
-    assert (config.dataset, config.model, config.solver, config.granularity) == ("digits", "mlp", "neumann", "per_weight")
+    assert (config.dataset, config.model, config.solver, config.family_options["granularity"]) == \
+        ("digits", "mlp", "neumann", "per_weight")
     trainer = BilevelTrainer(config, device="cpu")
     assert trainer.family.num_hparams > 100_000
 

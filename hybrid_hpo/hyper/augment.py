@@ -33,6 +33,7 @@ other inputs (flat feature vectors, token windows) are refused with one line.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,8 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
-from hybrid_hpo.hyper.penalty import FIXED_DECAY, check_fixed_decay, with_fixed_decay
+from hybrid_hpo.hyper.base import Batch, FamilyContext, FamilyOptions, HyperFamily, ModelFn
+from hybrid_hpo.hyper.penalty import FIXED_DECAY, fixed_decay_setting, with_fixed_decay
+from hybrid_hpo.rules import Range, setting
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
@@ -88,6 +90,23 @@ class AugmentNet(nn.Module):
         return x + self.out(F.silu(self.up(torch.cat([up, h], dim=1))))
 
 
+@dataclass(frozen=True)
+class AugmentOptions(FamilyOptions):
+    """Options of ``augment``."""
+
+    augment_width: int = setting(8, "channels of the learned augmenter", Range(1, integer=True))
+    fixed_decay: float = fixed_decay_setting()
+
+
+@dataclass(frozen=True)
+class FixedAugmentOptions(FamilyOptions):
+    """Options of ``fixed_augment``."""
+
+    augment_shift: int = setting(1, "largest random shift in pixels", Range(0, integer=True))
+    augment_flip: bool = setting(False, "mirror images at random", None)
+    fixed_decay: float = fixed_decay_setting()
+
+
 class Augment(HyperFamily):
     """Learned augmentation: λ = the weights of an :class:`AugmentNet` (module docstring).
 
@@ -101,15 +120,15 @@ class Augment(HyperFamily):
     """
 
     name = "augment"
-    settings = ("augment_width", "fixed_decay")
+    options = AugmentOptions
 
-    def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], width: int = 8,
-                 fixed_decay: float = FIXED_DECAY, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+    def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...],
+                 width: int = AugmentOptions.augment_width, fixed_decay: float = FIXED_DECAY, seed: int = 0,
+                 loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
         spatial = spatial_dims(tuple(input_shape), self.name)
-        if width < 1:
-            raise ConfigError(f"augment_width must be an integer >= 1 (got {width!r})")
-        self.fixed_decay = check_fixed_decay(fixed_decay)
+        AugmentOptions(augment_width=width, fixed_decay=fixed_decay)
+        self.fixed_decay = float(fixed_decay)
         first = next(iter(params.values()))
         self.net = AugmentNet(input_shape[0], spatial, width).to(dtype=first.dtype, device=first.device)
         for name, value in self.net.named_parameters():
@@ -118,8 +137,9 @@ class Augment(HyperFamily):
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> Augment:
-        return cls(context.params, input_shape=context.input_shape, width=config.augment_width,
-                   fixed_decay=config.fixed_decay, seed=config.seed, loss=context.loss)
+        options = config.family_options
+        return cls(context.params, input_shape=context.input_shape, width=options["augment_width"],
+                   fixed_decay=options["fixed_decay"], seed=config.seed, loss=context.loss)
 
     def augment(self, hparams: Mapping[str, Tensor], x: Tensor, noise: Tensor) -> Tensor:
         """U_λ(x, ε) with λ = ``hparams``: the augmented inputs, shaped like x."""
@@ -214,22 +234,23 @@ class FixedAugment(HyperFamily):
     otherwise (module docstring). ``num_hparams == 0``: the bilevel loop takes no hyper steps."""
 
     name = "fixed_augment"
-    settings = ("augment_shift", "augment_flip", "fixed_decay")
+    options = FixedAugmentOptions
     tunable = False
 
-    def __init__(self, *, input_shape: tuple[int, ...], shift: int = 1, flip: bool = False,
-                 fixed_decay: float = FIXED_DECAY, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+    def __init__(self, *, input_shape: tuple[int, ...], shift: int = FixedAugmentOptions.augment_shift,
+                 flip: bool = FixedAugmentOptions.augment_flip, fixed_decay: float = FIXED_DECAY, seed: int = 0,
+                 loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
         spatial_dims(tuple(input_shape), self.name)
-        if shift < 0:
-            raise ConfigError(f"augment_shift must be an integer >= 0 (got {shift!r}); 0 = no shifts")
-        self.shift, self.flip, self.fixed_decay = int(shift), bool(flip), check_fixed_decay(fixed_decay)
+        FixedAugmentOptions(augment_shift=shift, augment_flip=flip, fixed_decay=fixed_decay)
+        self.shift, self.flip, self.fixed_decay = int(shift), bool(flip), float(fixed_decay)
         self._seed_generator(seed + GENERATOR_SEED_OFFSET)
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> FixedAugment:
-        return cls(input_shape=context.input_shape, shift=config.augment_shift, flip=config.augment_flip,
-                   fixed_decay=config.fixed_decay, seed=config.seed, loss=context.loss)
+        options = config.family_options
+        return cls(input_shape=context.input_shape, shift=options["augment_shift"], flip=options["augment_flip"],
+                   fixed_decay=options["fixed_decay"], seed=config.seed, loss=context.loss)
 
     def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                    batch: Batch) -> Tensor:

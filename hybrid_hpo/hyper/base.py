@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.rules import check_rules
 from hybrid_hpo.task.task import ExampleLoss, cross_entropy
 
 if TYPE_CHECKING:
@@ -54,6 +55,28 @@ Batch = tuple[Tensor, Tensor, Tensor]
 
 GENERATOR_KEY = "rng_state"
 """Key of the family generator's state in :meth:`HyperFamily.state_dict` (never a λ name)."""
+
+
+@dataclass(frozen=True)
+class FamilyOptions:
+    """A family's options, declared in the family's own file: subclass this frozen dataclass and
+    declare each option with :func:`hybrid_hpo.rules.setting` (default, one line of help, the rule
+    of its allowed values), e.g. ``init_decay: float = setting(1e-3, "initial decay", Range(0,
+    open_low=True))``. Constructing it checks every value against its rule — the only validation
+    of a family option, shared by the family's constructor, RunConfig, the sweep specs and the CLI.
+
+    Options are flat settings (``--init-decay``, ``init_decay:`` in YAML, a searchable Tune key):
+    their names must not clash with RunConfig's own fields, and an option several families declare
+    (``fixed_decay``) must be declared alike in each (the family contract test checks both).
+    """
+
+    def __post_init__(self) -> None:
+        check_rules(self)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The declared option names, in declaration order."""
+        return tuple(item.name for item in fields(cls))
 
 
 @dataclass(frozen=True)
@@ -79,16 +102,18 @@ class FamilyContext:
 class HyperFamily(ABC):
     """Base class of a hyperparameter family (see the module docstring).
 
-    Subclasses set ``name``, create their raw leaf tensors in ``__init__`` and store them with
-    :meth:`_register`, and implement :meth:`from_config`, :meth:`train_loss` and :meth:`summaries`.
+    Subclasses set ``name`` (and ``options`` when they have any), create their raw leaf tensors in
+    ``__init__`` and store them with :meth:`_register`, and implement :meth:`from_config`,
+    :meth:`train_loss` and :meth:`summaries`.
     """
 
     name: ClassVar[str]
     tunable: ClassVar[bool] = True
     """False for baselines without λ (the bilevel loop takes no hyper steps with them)."""
-    settings: ClassVar[tuple[str, ...]] = ()
-    """The RunConfig settings this family reads (besides ``seed``): ``hybrid-hpo run --help`` names
-    the family on their lines, and the family contract test checks that each refuses a bad value."""
+    options: ClassVar[type[FamilyOptions]] = FamilyOptions
+    """The family's options (a :class:`FamilyOptions` subclass declared in the family's file):
+    RunConfig's ``family_options``, the ``hybrid-hpo run`` flags, the YAML keys and the help lines
+    derive from it; the family contract test checks that each option refuses a bad value."""
 
     def __init__(self, loss: ExampleLoss | None = None) -> None:
         self._raw: dict[str, Tensor] = {}
@@ -115,7 +140,8 @@ class HyperFamily(ABC):
     @classmethod
     @abstractmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> HyperFamily:
-        """The family a run configuration asks for, sized by ``context``."""
+        """The family a run configuration asks for, sized by ``context``; its options are
+        ``config.family_options`` (name -> value, validated, defaults filled in)."""
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:

@@ -27,6 +27,7 @@ results report (test accuracy of a model that never saw a real training example)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,9 +37,10 @@ from torch import Tensor, nn
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.augment import spatial_dims
-from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
-from hybrid_hpo.hyper.penalty import FIXED_DECAY, check_fixed_decay, l2_penalty, with_fixed_decay
+from hybrid_hpo.hyper.base import Batch, FamilyContext, FamilyOptions, HyperFamily, ModelFn
+from hybrid_hpo.hyper.penalty import FIXED_DECAY, fixed_decay_setting, l2_penalty, with_fixed_decay
 from hybrid_hpo.optimizers import make_optimizer
+from hybrid_hpo.rules import Range, setting
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
@@ -48,6 +50,14 @@ if TYPE_CHECKING:
 INIT_PIXEL = 0.25
 INIT_NOISE = 0.1
 GRID_FILE = "distilled_images.png"
+
+
+@dataclass(frozen=True)
+class DistillOptions(FamilyOptions):
+    """Options of ``distill``."""
+
+    distill_per_class: int = setting(1, "distilled images per class", Range(1, integer=True))
+    fixed_decay: float = fixed_decay_setting()
 
 
 class Distill(HyperFamily):
@@ -65,19 +75,19 @@ class Distill(HyperFamily):
     """
 
     name = "distill"
-    settings = ("distill_per_class", "fixed_decay")
+    options = DistillOptions
 
     def __init__(self, params: Mapping[str, Tensor], *, input_shape: tuple[int, ...], num_classes: int,
-                 per_class: int = 1, fixed_decay: float = FIXED_DECAY, loss: ExampleLoss | None = None) -> None:
+                 per_class: int = DistillOptions.distill_per_class, fixed_decay: float = FIXED_DECAY,
+                 loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
         if num_classes is None:
             raise ConfigError("family: distill learns images per class and needs a classification task; this task "
                               "has no classes (give Task.num_classes, or use another family)")
         spatial_dims(tuple(input_shape), self.name)
-        if per_class < 1:
-            raise ConfigError(f"distill_per_class must be an integer >= 1 (got {per_class!r})")
+        DistillOptions(distill_per_class=per_class, fixed_decay=fixed_decay)
         first = next(iter(params.values()))
-        self.per_class, self.fixed_decay = int(per_class), check_fixed_decay(fixed_decay)
+        self.per_class, self.fixed_decay = int(per_class), float(fixed_decay)
         self.labels = torch.arange(num_classes, device=first.device).repeat_interleave(self.per_class)
         shape = (num_classes * self.per_class, *input_shape)
         self._register("images", INIT_PIXEL + INIT_NOISE * torch.randn(shape, dtype=first.dtype).to(first.device))
@@ -85,7 +95,8 @@ class Distill(HyperFamily):
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> Distill:
         return cls(context.params, input_shape=context.input_shape, num_classes=context.num_classes,
-                   per_class=config.distill_per_class, fixed_decay=config.fixed_decay, loss=context.loss)
+                   per_class=config.family_options["distill_per_class"],
+                   fixed_decay=config.family_options["fixed_decay"], loss=context.loss)
 
     def train_loss(self, model_fn: ModelFn, params: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
                    batch: Batch) -> Tensor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,21 +32,28 @@ import torch
 from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
+from hybrid_hpo.hyper.base import Batch, FamilyContext, FamilyOptions, HyperFamily, ModelFn
+from hybrid_hpo.models import has_dropout_sites
 from hybrid_hpo.nn import dropout_sites
+from hybrid_hpo.rules import Range, setting
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
     from hybrid_hpo.splits import DataSplits
     from hybrid_hpo.task.task import ExampleLoss
 
-SITE_MODELS: tuple[str, ...] = ("mlp", "lstm_lm")
-"""The built-in models with dropout sites."""
 NO_SITES = ("{field}: the {family} family needs dropout sites, which {model} has not; use a built-in model "
             "with sites (mlp, lstm_lm) or put hybrid_hpo.nn.HyperDropout(units) modules into your own model")
 
 PICTURE = "dropout_rates_by_layer.png"
 _SEED_OFFSET = 0x0D50  # the generator's seed is config.seed + this (independent of the loop's stream)
+
+
+@dataclass(frozen=True)
+class DropoutOptions(FamilyOptions):
+    """Options of ``dropout``."""
+
+    init_dropout: float = setting(0.1, "initial drop rate", Range(0, 1, open_low=True, open_high=True))
 
 
 class UnitDropout(HyperFamily):
@@ -60,14 +68,15 @@ class UnitDropout(HyperFamily):
     """
 
     name = "dropout"
-    settings = ("init_dropout",)
+    options = DropoutOptions
 
-    def __init__(self, sites: Mapping[str, tuple[int, ...]], *, like: Tensor, init_dropout: float = 0.1,
-                 seed: int = 0, loss: ExampleLoss | None = None) -> None:
+    def __init__(self, sites: Mapping[str, tuple[int, ...]], *, like: Tensor,
+                 init_dropout: float = DropoutOptions.init_dropout, seed: int = 0,
+                 loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
         if not sites:
             raise ConfigError(NO_SITES.format(field="model", family=self.name, model="this model"))
-        _check_rate(init_dropout)
+        DropoutOptions(init_dropout=init_dropout)
         self.sites = {name: tuple(shape) for name, shape in sites.items()}
         logit = math.log(init_dropout / (1.0 - init_dropout))
         for name, shape in self.sites.items():
@@ -77,11 +86,12 @@ class UnitDropout(HyperFamily):
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> UnitDropout:
         return cls(dropout_sites(context.model), like=next(iter(context.params.values())),
-                   init_dropout=config.init_dropout, seed=config.seed + _SEED_OFFSET, loss=context.loss)
+                   init_dropout=config.family_options["init_dropout"], seed=config.seed + _SEED_OFFSET,
+                   loss=context.loss)
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
-        if config.task is None and config.model not in SITE_MODELS:
+        if config.task is None and not has_dropout_sites(config.model):
             raise ConfigError(NO_SITES.format(field="model", family=cls.name, model=repr(config.model)))
 
     @staticmethod
@@ -129,7 +139,3 @@ class UnitDropout(HyperFamily):
 def _label(site: str) -> str:
     return site.removesuffix(".scale").replace(".", "_")
 
-
-def _check_rate(value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
-        raise ConfigError(f"init_dropout must be a rate strictly between 0 and 1 (got {value!r}), e.g. 0.1")

@@ -16,22 +16,33 @@ with no hypergradients, in ``hybrid-hpo compare``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
-from hybrid_hpo.hyper.dropout import NO_SITES, SITE_MODELS
-from hybrid_hpo.hyper.penalty import FIXED_DECAY, check_fixed_decay, with_fixed_decay
+from hybrid_hpo.hyper.base import Batch, FamilyContext, FamilyOptions, HyperFamily, ModelFn
+from hybrid_hpo.hyper.dropout import NO_SITES
+from hybrid_hpo.hyper.penalty import FIXED_DECAY, fixed_decay_setting, with_fixed_decay
+from hybrid_hpo.models import has_dropout_sites
 from hybrid_hpo.nn import dropout_sites
+from hybrid_hpo.rules import Range, setting
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
     from hybrid_hpo.task.task import ExampleLoss
 
 _SEED_OFFSET = 0xF1ED  # the mask generator's seed is config.seed + this
+
+
+@dataclass(frozen=True)
+class FixedOptions(FamilyOptions):
+    """Options of ``fixed``."""
+
+    fixed_decay: float = fixed_decay_setting()
+    fixed_dropout: float = setting(0.0, "drop rate of plain training", Range(0, 1, open_high=True))
 
 
 class FixedRegularization(HyperFamily):
@@ -46,14 +57,14 @@ class FixedRegularization(HyperFamily):
     """
 
     name = "fixed"
-    settings = ("fixed_decay", "fixed_dropout")
+    options = FixedOptions
     tunable = False
 
     def __init__(self, sites: Mapping[str, tuple[int, ...]], *, fixed_decay: float = FIXED_DECAY,
-                 fixed_dropout: float = 0.0, seed: int = 0, loss: ExampleLoss | None = None) -> None:
+                 fixed_dropout: float = FixedOptions.fixed_dropout, seed: int = 0,
+                 loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
-        fixed_decay = check_fixed_decay(fixed_decay)
-        _check_dropout(fixed_dropout)
+        FixedOptions(fixed_decay=fixed_decay, fixed_dropout=fixed_dropout)
         if fixed_dropout > 0 and not sites:
             raise ConfigError(NO_SITES.format(field="fixed_dropout", family=self.name, model="this model") + ", or fixed_dropout 0")
         self.sites = {name: tuple(shape) for name, shape in sites.items()}
@@ -62,13 +73,14 @@ class FixedRegularization(HyperFamily):
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> FixedRegularization:
-        return cls(dropout_sites(context.model), fixed_decay=config.fixed_decay, fixed_dropout=config.fixed_dropout,
-                   seed=config.seed, loss=context.loss)
+        return cls(dropout_sites(context.model), **config.family_options, seed=config.seed, loss=context.loss)
 
     @classmethod
     def validate_config(cls, config: RunConfig) -> None:
-        if config.fixed_dropout > 0 and config.task is None and config.model not in SITE_MODELS:
-            raise ConfigError(NO_SITES.format(field="fixed_dropout", family=cls.name, model=repr(config.model)) + ", or fixed_dropout 0")
+        dropout = config.family_options["fixed_dropout"]
+        if dropout > 0 and config.task is None and not has_dropout_sites(config.model):
+            raise ConfigError(NO_SITES.format(field="fixed_dropout", family=cls.name, model=repr(config.model))
+                              + ", or fixed_dropout 0")
 
     def masks(self, batch_size: int, like: Tensor) -> dict[str, Tensor]:
         """One draw of inverted-dropout scales m / (1 − p) per site, shaped (batch_size, *site_shape)."""
@@ -86,7 +98,3 @@ class FixedRegularization(HyperFamily):
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         return {"fixed_decay": self.fixed_decay, "fixed_dropout": self.fixed_dropout}
 
-
-def _check_dropout(value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-        raise ConfigError(f"fixed_dropout must be a rate in [0, 1) (got {value!r}); e.g. 0.2, or 0 for none")

@@ -1,21 +1,25 @@
 """The fixed L2 term c/2·Σ‖w‖² that several families add to L_T (augment, fixed_augment, distill,
-fixed), with its one default and one rule (``fixed_decay`` of RunConfig)."""
+fixed), and its option ``fixed_decay``, declared alike by each of them through
+:func:`fixed_decay_setting`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from hybrid_hpo.config import FIXED_DECAY, FIXED_DECAY_RULE
+from hybrid_hpo.rules import Range, setting
 
-__all__ = ["FIXED_DECAY", "check_fixed_decay", "l2_penalty", "with_fixed_decay"]
+FIXED_DECAY: float = 1e-3
+"""The default c of the fixed L2 term (``fixed_decay``)."""
+
+__all__ = ["FIXED_DECAY", "fixed_decay_setting", "l2_penalty", "with_fixed_decay"]
 
 
-def check_fixed_decay(value: float) -> float:
-    """``value`` as a float; ConfigError ``fixed_decay must be a number >= 0 (got ...)`` otherwise."""
-    FIXED_DECAY_RULE.check("fixed_decay", value)
-    return float(value)
+def fixed_decay_setting() -> Any:
+    """The ``fixed_decay`` option field of a family's options: c >= 0 of the fixed L2 term (0: none)."""
+    return setting(FIXED_DECAY, "fixed L2 c/2·||w||² in L_T (0: none)", Range(0))
 
 
 def l2_penalty(params: Mapping[str, Tensor], decay: float) -> Tensor:

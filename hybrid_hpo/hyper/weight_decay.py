@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
-from hybrid_hpo.hyper.base import Batch, FamilyContext, HyperFamily, ModelFn
+from hybrid_hpo.hyper.base import Batch, FamilyContext, FamilyOptions, HyperFamily, ModelFn
+from hybrid_hpo.rules import OneOf, Range, setting
 
 if TYPE_CHECKING:
     from hybrid_hpo.config import RunConfig
@@ -43,6 +45,14 @@ def inverse_softplus(value: float) -> float:
     return value + math.log(-math.expm1(-value))
 
 
+@dataclass(frozen=True)
+class WeightDecayOptions(FamilyOptions):
+    """Options of ``weight_decay``."""
+
+    granularity: str = setting("per_weight", "one decay for all weights, per tensor, or per weight", OneOf(GRANULARITIES))
+    init_decay: float = setting(1e-3, "initial decay", Range(0, open_low=True))
+
+
 class WeightDecay(HyperFamily):
     """L2 penalty with learned, positive decays (see the module docstring for the math).
 
@@ -54,16 +64,12 @@ class WeightDecay(HyperFamily):
     """
 
     name = "weight_decay"
-    settings = ("granularity", "init_decay")
+    options = WeightDecayOptions
 
-    def __init__(self, params: Mapping[str, Tensor], *, granularity: str = "per_weight",
-                 init_decay: float = 1e-3, loss: ExampleLoss | None = None) -> None:
+    def __init__(self, params: Mapping[str, Tensor], *, granularity: str = WeightDecayOptions.granularity,
+                 init_decay: float = WeightDecayOptions.init_decay, loss: ExampleLoss | None = None) -> None:
         super().__init__(loss)
-        if granularity not in GRANULARITIES:
-            raise ConfigError(f"granularity: unknown value {granularity!r} for weight_decay; "
-                              f"choose one of {', '.join(GRANULARITIES)}")
-        if not (math.isfinite(init_decay) and init_decay > 0):
-            raise ConfigError(f"init_decay must be a number > 0 (got {init_decay!r})")
+        WeightDecayOptions(granularity=granularity, init_decay=init_decay)
         self.granularity = granularity
         self.decayed: tuple[str, ...] = tuple(name for name, p in params.items() if p.ndim >= 2)
         if not self.decayed:
@@ -80,7 +86,7 @@ class WeightDecay(HyperFamily):
 
     @classmethod
     def from_config(cls, config: RunConfig, context: FamilyContext) -> WeightDecay:
-        return cls(context.params, granularity=config.granularity, init_decay=config.init_decay, loss=context.loss)
+        return cls(context.params, **config.family_options, loss=context.loss)
 
     def decays(self, hparams: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """decay for each decayed tensor name, broadcastable to that tensor: softplus(raw)."""

@@ -9,7 +9,6 @@ Register a new solver with one line in :data:`hybrid_hpo.implicit.registry.SOLVE
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -17,6 +16,9 @@ from torch import Tensor
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.implicit.operators import LinearOperator
 from hybrid_hpo.implicit.tensor_list import TensorList
+from hybrid_hpo.rules import options_of
+
+__all__ = ["Solution", "Solver", "check", "option", "options_of"]
 
 
 class Solution(NamedTuple):
@@ -53,25 +55,9 @@ class Solver(Protocol):
 
 
 def option(default: Any, help: str) -> Any:
-    """A solver (or family) option: a dataclass field with its default and one-line help."""
+    """A solver option: a dataclass field with its default and one-line help (the solver's
+    constructor validates it)."""
     return dataclasses.field(default=default, metadata={"help": help})
-
-
-@dataclasses.dataclass(frozen=True)
-class OptionInfo:
-    """One declared option: name, type hint (e.g. ``int``), default and one-line help."""
-
-    name: str
-    type: Any
-    default: Any
-    help: str
-
-
-def options_of(cls: type) -> tuple[OptionInfo, ...]:
-    """The options a dataclass declares (its fields), in declaration order."""
-    hints = typing.get_type_hints(cls)
-    return tuple(OptionInfo(f.name, hints[f.name], f.default, f.metadata.get("help", ""))
-                 for f in dataclasses.fields(cls))
 
 
 def check(condition: bool, field: str, message: str, value: Any) -> None:
