@@ -107,7 +107,8 @@ class Neumann:
     p_1 = αv, costs no product): with r_k = v − A p_k = (I − αA)^k v, p_{K+1} = α Σ_{j≤K} r_j.
     ``warm_start`` runs the same iteration from x₀ = the previous solve's solution (kept when its
     residual is below ‖v‖, see :func:`_warm_start`): r₀ = v − A x₀ costs one of the K products, then
-    p = x₀ + α Σ_{j=0..K−1} (I − αA)^j r₀ (from x₀ = 0 exactly the series one term shorter).
+    p = x₀ + α Σ_{j=0..K−1} (I − αA)^j r₀ (from x₀ = 0 exactly the series one term shorter); with
+    ``rtol`` > 0 (and ``check_every`` > 0) a start that already meets it returns after that product.
 
     Costs K products; memory is three tensor lists whatever K is (current term, running sum, HVP).
     residual = ‖r_K‖/‖v‖ = ‖v − A p'‖/‖v‖ with p' the series one term shorter (free: r_K is the
@@ -163,7 +164,8 @@ class Neumann:
         total = tl.clone(term)  # Σ_{i≤j} (I − αA)^i r₀, term = (I − αA)^j r₀
         v_norm = tl.norm(v)
         curvature = torch.zeros((), dtype=v[0].dtype, device=v[0].device)  # max_j ‖A t_j‖/‖t_j‖ ≤ |λ|_max
-        while spent < self.terms:
+        done = bool(spent and self.rtol and self.check_every) and bool(tl.norm(term) <= self.rtol * v_norm)
+        while spent < self.terms and not done:
             product = _product(operator, term, self.damping)
             spent += 1
             size = tl.norm(term)  # a term that underflowed (long series) says nothing about curvature
@@ -171,9 +173,9 @@ class Neumann:
             curvature = torch.maximum(curvature, ratio)
             tl.axpy_(term, -alpha, product)
             torch._foreach_add_(total, term)
-            if self.rtol and _host_check(self.check_every, spent, self.terms) \
-                    and bool(tl.norm(term) <= self.rtol * v_norm):
-                break  # the series without its last term already meets the tolerance
+            # the series without its last term already meets the tolerance: stop
+            done = bool(self.rtol) and _host_check(self.check_every, spent, self.terms) \
+                and bool(tl.norm(term) <= self.rtol * v_norm)
         p = tl.scale(total, alpha)
         if start is not None:
             torch._foreach_add_(p, start)
@@ -292,7 +294,7 @@ class Nystrom:
         return cls(rank=size, rho=damping) if damping > 0 else None  # with k = n, H_k = H
 
     def solve(self, operator: LinearOperator, v: list[Tensor], state: SolverState | None = None) -> Solution:
-        reuse = state is not None and self.refresh_every > 1 and int(state["age"]) < self.refresh_every
+        reuse = state is not None and int(state["age"]) < self.refresh_every
         sketch = state if reuse else self.sketch(as_operator(operator), v)
         rows, inverse = sketch["rows"], sketch["inverse"]
         projection = sum(row @ t.reshape(-1) for row, t in zip(rows, v))  # Cᵀv, (k,)
@@ -301,7 +303,8 @@ class Nystrom:
         nan = _scalar(math.nan, v[0])
         p = [torch.where(finite, (t - (coefficients @ row).reshape(t.shape)) / self.rho, nan) for t, row in zip(v, rows)]
         spent = 0 if reuse else len(inverse)
-        next_state = {**sketch, "age": int(sketch["age"]) + 1} if self.refresh_every > 1 else None
+        age = int(sketch["age"]) + 1
+        next_state = {**sketch, "age": age} if age < self.refresh_every else None  # an expired sketch: none
         return Solution(p, _scalar(spent, v[0], torch.int64), nan, ~tl.all_finite(p), next_state)
 
     def sketch(self, operator: LinearOperator, v: list[Tensor]) -> SolverState:
