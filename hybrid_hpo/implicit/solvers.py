@@ -106,11 +106,11 @@ class Neumann:
     The series is Richardson's iteration p_{k+1} = p_k + α(v − A p_k) from p_0 = 0 (its first step,
     p_1 = αv, costs no product): with r_k = v − A p_k = (I − αA)^k v, p_{K+1} = α Σ_{j≤K} r_j.
     ``warm_start`` runs the same iteration from x₀ = the previous solve's solution (kept when its
-    residual is below ‖v‖, see :func:`_warm_start`): r₀ = v − A x₀ costs one of the K products, then
-    p = x₀ + α Σ_{j=0..K−1} (I − αA)^j r₀ (from x₀ = 0 exactly the series one term shorter); with
+    residual is below ‖v‖, see :func:`_warm_start`): r₀ = v − A x₀ costs one product more than the
+    K terms, then p = x₀ + α Σ_{j=0..K} (I − αA)^j r₀ — from x₀ = 0 exactly the series above. With
     ``rtol`` > 0 (and ``check_every`` > 0) a start that already meets it returns after that product.
 
-    Costs K products; memory is three tensor lists whatever K is (current term, running sum, HVP).
+    Costs K products (K + 1 warm); memory is three tensor lists whatever K is (current term, running sum, HVP).
     residual = ‖r_K‖/‖v‖ = ‖v − A p'‖/‖v‖ with p' the series one term shorter (free: r_K is the
     last term). With ``rtol`` > 0 the series stops early once that residual is ≤ ``rtol``, read on the
     host every ``check_every`` terms (at most ``check_every − 1`` terms beyond it; rtol = 0: never,
@@ -142,8 +142,6 @@ class Neumann:
         check(_number(self.rtol, 0), "rtol", "must be >= 0 (0: no early exit)", self.rtol)
         check(_count(self.check_every, 0), "check_every", "must be an integer >= 0", self.check_every)
         check(isinstance(self.warm_start, bool), "warm_start", "must be true or false", self.warm_start)
-        check(not self.warm_start or self.terms >= 1, "warm_start", "needs terms >= 1 (r0 = v - A x0 costs "
-              "one product)", self.warm_start)
 
     @classmethod
     def converged(cls, size: int, damping: float) -> "Neumann":
@@ -161,11 +159,12 @@ class Neumann:
         alpha = self.step_size(operator, v)
         tiny = torch.finfo(v[0].dtype).tiny
         start, term, spent = _warm_start(operator, v, state if self.warm_start else None, self.damping)
+        budget = spent + self.terms
         total = tl.clone(term)  # Σ_{i≤j} (I − αA)^i r₀, term = (I − αA)^j r₀
         v_norm = tl.norm(v)
         curvature = torch.zeros((), dtype=v[0].dtype, device=v[0].device)  # max_j ‖A t_j‖/‖t_j‖ ≤ |λ|_max
         done = bool(spent and self.rtol and self.check_every) and bool(tl.norm(term) <= self.rtol * v_norm)
-        while spent < self.terms and not done:
+        while spent < budget and not done:
             product = _product(operator, term, self.damping)
             spent += 1
             size = tl.norm(term)  # a term that underflowed (long series) says nothing about curvature
@@ -174,7 +173,7 @@ class Neumann:
             tl.axpy_(term, -alpha, product)
             torch._foreach_add_(total, term)
             # the series without its last term already meets the tolerance: stop
-            done = bool(self.rtol) and _host_check(self.check_every, spent, self.terms) \
+            done = bool(self.rtol) and _host_check(self.check_every, spent, budget) \
                 and bool(tl.norm(term) <= self.rtol * v_norm)
         p = tl.scale(total, alpha)
         if start is not None:
@@ -203,9 +202,9 @@ class ConjugateGradient:
     recurrence.
 
     ``warm_start``: x₀ = the previous solve's solution (kept when ‖v − A x₀‖ < ‖v‖, see
-    :func:`_warm_start`); r₀ = v − A x₀ costs one product of the ``max_iter`` budget and is read on
-    the host once unless ``check_every=0`` (a start that already converged returns after that one
-    product).
+    :func:`_warm_start`); r₀ = v − A x₀ costs one product on top of the ``max_iter`` iterations
+    and is read on the host once unless ``check_every=0`` (a start that already converged returns
+    after that one product).
     """
 
     max_iter: int = option(10, "iterations (Hessian-vector products), an integer >= 0")
@@ -222,8 +221,6 @@ class ConjugateGradient:
         check(_number(self.atol, 0), "atol", "must be >= 0", self.atol)
         check(_number(self.damping, 0), "damping", "must be >= 0 (0 for none, e.g. 1e-2)", self.damping)
         check(isinstance(self.warm_start, bool), "warm_start", "must be true or false", self.warm_start)
-        check(not self.warm_start or self.max_iter >= 1, "warm_start", "needs max_iter >= 1 (r0 = v - A x0 "
-              "costs one product)", self.warm_start)
 
     @classmethod
     def converged(cls, size: int, damping: float) -> "ConjugateGradient":
@@ -233,12 +230,13 @@ class ConjugateGradient:
         operator = as_operator(operator)
         x, r, spent = _warm_start(operator, v, state if self.warm_start else None, self.damping)
         x = tl.zeros_like(v) if x is None else x
+        budget = spent + self.max_iter
         d = tl.clone(r)
         rr = tl.dot(r, r)
         tolerance = torch.clamp_min(self.rtol**2 * tl.dot(v, v), self.atol**2)
         breakdown = torch.zeros((), dtype=torch.bool, device=rr.device)
         done = spent > 0 and bool(self.check_every) and not bool(rr > tolerance)  # a warm start already converged
-        while spent < self.max_iter and not done:
+        while spent < budget and not done:
             ad = _product(operator, d, self.damping)
             spent += 1
             curvature = tl.dot(d, ad)
@@ -253,7 +251,7 @@ class ConjugateGradient:
             d = torch._foreach_add(r, torch._foreach_mul(d, beta))
             rr = torch.where(update, rr_next, rr)
             # converged (or broke down): the remaining iterations would be no-ops
-            done = _host_check(self.check_every, spent, self.max_iter) and not bool((rr > tolerance) & ~breakdown)
+            done = _host_check(self.check_every, spent, budget) and not bool((rr > tolerance) & ~breakdown)
         residual = rr.sqrt() / tl.norm(v).clamp_min(torch.finfo(v[0].dtype).tiny)
         return Solution(x, _scalar(spent, v[0], torch.int64), residual, breakdown | ~tl.all_finite(x),
                         _next_state(self.warm_start, x))
