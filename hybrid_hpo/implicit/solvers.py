@@ -1,7 +1,7 @@
 """Inverse-Hessian-vector-product solvers: p ≈ (H + δI)⁻¹ v from Hessian-vector products only.
 
 Every solver is a small frozen dataclass (its fields are its options, see
-:mod:`hybrid_hpo.implicit.protocol`) with ``solve(operator, v) -> Solution``,
+:mod:`hybrid_hpo.implicit.protocol`) with ``solve(operator, v[, state]) -> Solution``,
 where ``operator`` provides ``matvec`` (and ``matmat`` for the batched ones, see
 :mod:`hybrid_hpo.implicit.operators`) and ``v`` is a tensor list shaped like the weights.
 Inside the loops every scalar stays on the device: no ``.item()``, no host synchronisation,
