@@ -26,7 +26,7 @@ target there hands on, up to that target's accuracy); ``cos x0`` is its cosine t
 solution, ``ref`` the reference's products, α the Neumann step. ``>N`` = not reached within the
 largest budget N. Writes bench/results/trajectory.txt (this output) and trajectory.png.
 
-    python bench/trajectory.py [--problems small small-full large] [--every 4] [--samples 8 8 2] [--warmup 10]
+    python bench/trajectory.py [--problems small small-full large] [--every 4] [--samples 8 8 5]
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ PROBLEMS = {  # name -> MLP widths, batch size, δ, largest budget of the iterat
               "ranks": (5, 10, 20, 40, 80, 160, 320)},
     "small-full": {"hidden": (128,), "batch": 2048, "damping": 0.2, "warmup": 200, "largest": 1200,
                    "ranks": (5, 10, 20, 40, 80, 160, 320)},
-    "large": {"hidden": (1024, 1024), "batch": 64, "damping": 1.0, "warmup": 5, "largest": 200,
+    "large": {"hidden": (1024, 1024), "batch": 64, "damping": 0.3, "warmup": 10, "largest": 200,
               "ranks": (5, 10, 20, 40)},
 }
 
@@ -175,8 +175,13 @@ def format_row(row: dict) -> str:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """Median over the sampled steps of each method's products per target, and warm / cold."""
-    lines = []
+    """Median over the sampled steps of each method's products per target, and warm / cold (steps
+    whose reference met non-positive curvature left out)."""
+    left_out = sum(row["indefinite"] for row in rows)
+    rows = [row for row in rows if not row["indefinite"]]
+    lines = [f"# {len(rows)} steps with a converged reference" + (f" ({left_out} indicative left out)" if left_out else "")
+             + f"; median cosine of x0 (step s - 1's solution) to step s's: "
+             f"{statistics.median(row['x0_cosine'] for row in rows):.3f}"]
     for target in TARGETS:
         medians = {}
         for name in METHODS:
@@ -253,12 +258,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser, threads=2)
     parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
-    parser.add_argument("--samples", type=int, nargs="+", default=[8, 8, 2], help="sampled hyper steps per problem")
+    parser.add_argument("--samples", type=int, nargs="+", default=[8, 8, 5], help="sampled hyper steps per problem")
     parser.add_argument("--every", type=int, default=4, help="sample every N-th hyper step (N >= 2)")
     parser.add_argument("--damping", type=float, help="δ of the solved system (H + δI) p = v (default: the "
-                        "problem's, 0.2 small, 1.0 large, where H + δI was positive definite along the run)")
+                        "problem's: 0.2 small, 0.3 large, where H + δI was positive definite at most sampled steps)")
     parser.add_argument("--warmup", type=int, help="epochs trained before the first sample (default: the "
-                        "problem's, 10 small, 200 small-full, 5 large)")
+                        "problem's: 10 small, 200 small-full, 10 large)")
     parser.add_argument("--output", default="trajectory.txt", help="file in bench/results for this output")
     args = parser.parse_args()
     if args.every < 2 or len(args.samples) != len(args.problems):

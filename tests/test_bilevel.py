@@ -103,10 +103,11 @@ def test_diverged_but_finite_steps_follow_the_policy_and_are_counted(monkeypatch
         assert math.isnan(metrics["hypergrad_norm"])
 
 
+FULL_BATCH = {"batch_size": 4096, "inner_steps": 1}  # consecutive systems close: a warm x₀ beats 0
 WARM_SOLVERS = {  # solvers that carry a state from one hyper step to the next
     "cg": {"solver": "cg", "solver.warm_start": True, "solver.max_iter": 4, "solver.rtol": 1e-3,
-           "solver.damping": 1.0},
-    "neumann": {"solver": "neumann", "solver.warm_start": True, "solver.terms": 3},
+           "solver.damping": 1.0, **FULL_BATCH},
+    "neumann": {"solver": "neumann", "solver.warm_start": True, "solver.terms": 3, **FULL_BATCH},
     "nystrom": {"solver": "nystrom", "solver.refresh_every": 4, "solver.rank": 5},
 }
 
@@ -122,7 +123,7 @@ def saved_and_loaded(trainer):
 def test_state_dict_restore_continues_bit_for_bit(solver):
     """Also with a warm-started solver: its state (previous solution, Nyström sketch) is saved and
     restored, so the resumed run continues exactly; without it the run would differ."""
-    config = dict(epochs=3, inner_steps=4, **WARM_SOLVERS.get(solver, {}))  # 12 steps/epoch: hyper steps straddle epochs
+    config = {"epochs": 3, "inner_steps": 4, **WARM_SOLVERS.get(solver, {})}  # 12 steps/epoch: hyper steps straddle epochs
     original = make(**config)
     original.train_epoch()
     state = saved_and_loaded(original)

@@ -110,7 +110,8 @@ class Neumann:
     K terms, then p = x₀ + α Σ_{j=0..K} (I − αA)^j r₀ — from x₀ = 0 exactly the series above. With
     ``rtol`` > 0 (and ``check_every`` > 0) a start that already meets it returns after that product.
 
-    Costs K products (K + 1 warm); memory is three tensor lists whatever K is (current term, running sum, HVP).
+    Costs K products (K + 1 warm); memory is three tensor lists whatever K is (current term,
+    running sum, HVP; four warm-started, with x₀).
     residual = ‖r_K‖/‖v‖ = ‖v − A p'‖/‖v‖ with p' the series one term shorter (free: r_K is the
     last term). With ``rtol`` > 0 the series stops early once that residual is ≤ ``rtol``, read on the
     host every ``check_every`` terms (at most ``check_every − 1`` terms beyond it; rtol = 0: never,
