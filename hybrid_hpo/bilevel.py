@@ -109,6 +109,7 @@ class BilevelTrainer:
         self.hyper_optimizer = (make_optimizer(config.hyper_optimizer, self.family.hparams().values(),
                                                config.hyper_lr) if self.family.tunable else None)
         self.solver = config.make_solver()
+        self.solver_state = None  # the last accepted solve's state (warm start), see Solution.state
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.inner_step_count = 0  # across epochs: a hyper step follows every inner_steps-th inner step
@@ -192,8 +193,11 @@ class BilevelTrainer:
         grads, info = hypergradient(
             lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
             lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
-            self._params(detach=True), self._detached_hparams(), solver=self.solver, return_info=True,
+            self._params(detach=True), self._detached_hparams(), solver=self.solver, state=self.solver_state,
+            return_info=True,
         )
+        # A failed solve hands nothing on: the next one starts cold instead of from a NaN or a bad sketch.
+        self.solver_state = info.state if info.finite and not info.diverged else None
         rejected = not info.finite or (info.diverged and self.config.diverged_policy == "reject")
         stats.record(info, rejected)
         if rejected:
@@ -253,7 +257,8 @@ class BilevelTrainer:
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """Everything needed to continue: weights, raw λ, both optimizers, the batch generator,
-        counters and the config (as a plain dict). Tensors are copies; the dict holds only tensors,
+        counters, the solver's warm-start state (None unless a warm-start option is on) and the
+        config (as a plain dict). Tensors are copies; the dict holds only tensors,
         numbers, strings, lists and dicts, so ``torch.load(path, weights_only=True)`` reads it."""
         return copy.deepcopy({
             "format": _STATE_FORMAT,
@@ -264,6 +269,7 @@ class BilevelTrainer:
             "inner_optimizer": self.inner_optimizer.state_dict(),
             "hyper_optimizer": {} if self.hyper_optimizer is None else self.hyper_optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "solver_state": self.solver_state,
             "config": self.config.to_dict(),
         })
 
@@ -280,6 +286,18 @@ class BilevelTrainer:
         self.generator.set_state(state["generator"].cpu())
         self.epoch = int(state["epoch"])
         self.inner_step_count = int(state["inner_step_count"])
+        self.solver_state = _to_device(state.get("solver_state"), self.device)  # absent in older states
+
+
+def _to_device(value, device: torch.device):
+    """``value`` (tensors inside dicts and lists, or anything else) with its tensors on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_device(item, device) for item in value]
+    return value
 
 
 def per_class_counts(predicted: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,10 @@ SMALL = {"hidden": [64], "batch_size": 64, "inner_steps": 3, "device": "cpu", "s
 
 
 def make(**overrides):
-    return BilevelTrainer(RunConfig.from_mapping({**SMALL, **overrides}))
+    values = {**SMALL, **overrides}
+    if values.get("solver", "neumann") != "neumann":
+        del values["solver.terms"]  # SMALL's option of the default solver
+    return BilevelTrainer(RunConfig.from_mapping(values))
 
 
 def weights_and_lambdas(trainer):
@@ -100,18 +103,39 @@ def test_diverged_but_finite_steps_follow_the_policy_and_are_counted(monkeypatch
         assert math.isnan(metrics["hypergrad_norm"])
 
 
-def test_state_dict_restore_continues_bit_for_bit():
-    config = dict(epochs=3, inner_steps=4)  # 12 steps per epoch: hyper steps straddle epochs
+FULL_BATCH = {"batch_size": 4096, "inner_steps": 1}  # consecutive systems close: a warm x₀ beats 0
+WARM_SOLVERS = {  # solvers that carry a state from one hyper step to the next
+    "cg": {"solver": "cg", "solver.warm_start": True, "solver.max_iter": 4, "solver.rtol": 1e-3,
+           "solver.damping": 1.0, **FULL_BATCH},
+    "neumann": {"solver": "neumann", "solver.warm_start": True, "solver.terms": 3, **FULL_BATCH},
+    "nystrom": {"solver": "nystrom", "solver.refresh_every": 4, "solver.rank": 5},
+}
+
+
+def saved_and_loaded(trainer):
+    buffer = io.BytesIO()
+    torch.save(trainer.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("solver", [None, *WARM_SOLVERS])
+def test_state_dict_restore_continues_bit_for_bit(solver):
+    """Also with a warm-started solver: its state (previous solution, Nyström sketch) is saved and
+    restored, so the resumed run continues exactly; without it the run would differ."""
+    config = {"epochs": 3, "inner_steps": 4, **WARM_SOLVERS.get(solver, {})}  # 12 steps/epoch: hyper steps straddle epochs
     original = make(**config)
     original.train_epoch()
-    buffer = io.BytesIO()
-    torch.save(original.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = saved_and_loaded(original)
+    assert (state["solver_state"] is None) == (solver is None)
 
     restored = make(**config)
     assert not torch.equal(weights_and_lambdas(restored)[-1], weights_and_lambdas(original)[-1])
     restored.load_state_dict(state)
+    if solver is not None:
+        cold = make(**config)
+        cold.load_state_dict({**saved_and_loaded(original), "solver_state": None})  # shares no tensor with state
+        cold.fit(progress=False)
     assert restored.epoch == 1
     expected = [without_time(m) for m in original.fit(progress=False)]
     continued = [without_time(m) for m in restored.fit(progress=False)]
@@ -119,6 +143,8 @@ def test_state_dict_restore_continues_bit_for_bit():
     assert continued == expected
     for a, b in zip(weights_and_lambdas(restored), weights_and_lambdas(original)):
         assert torch.equal(a, b)
+    if solver is not None:  # the state mattered: restarting the solver cold changes λ
+        assert not all(torch.equal(a, b) for a, b in zip(weights_and_lambdas(cold), weights_and_lambdas(original)))
 
 
 def test_same_seed_same_metrics_other_seed_differs():

@@ -9,6 +9,7 @@ help, bad options refused in one line, and a run (RunConfig, CLI flags) that use
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
 import torch
@@ -81,6 +82,31 @@ def test_converged_setting_matches_linalg_solve_in_float64(name, damping):
     assert all(torch.equal(a, b) for a, b in zip(v, before))  # inputs untouched
     assert [t.shape for t in solution.p] == [t.shape for t in v]
     assert all(t.dim() == 0 for t in (solution.iterations, solution.residual, solution.diverged))
+
+
+WARM = [(name, damping) for name, damping in SOLVED if "warm_start" in {o.name for o in options_of(ALL[name])}]
+
+
+def test_the_iterative_solvers_offer_a_warm_start():
+    assert {name for name, _ in WARM} >= {"cg", "neumann"}
+
+
+@pytest.mark.parametrize(("name", "damping"), WARM)
+def test_warm_started_converged_setting_matches_linalg_solve_on_a_nearby_system(name, damping):
+    """Started from the solution of a system 1% away (as at the previous hyper step), the solver at
+    its converged options still solves the new system to 1e-8; its state survives
+    torch.load(weights_only=True) as a checkpoint reads it."""
+    first = spd(torch.linspace(0.5, 5.0, N), seed=3)
+    second = first + 0.01 * spd(torch.linspace(0.0, 1.0, N), seed=4)
+    solver = dataclasses.replace(ALL[name].converged(N, damping), warm_start=True)
+    previous = solver.solve(operator(first), random_vector(1))
+    buffer = io.BytesIO()
+    torch.save(previous.state, buffer)
+    buffer.seek(0)
+    v = random_vector(2)
+    solution = solver.solve(operator(second), v, torch.load(buffer, weights_only=True))
+    assert relative_error(solution.p, reference(second, v, damping)) < 1e-8
+    assert not bool(solution.diverged)
 
 
 @pytest.mark.parametrize("name", list(ALL))

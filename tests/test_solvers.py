@@ -74,9 +74,8 @@ def test_cg_stops_at_the_first_check_after_converging_and_reports_every_product(
     after that (never with check_every=0), and ``iterations`` is the number of products spent."""
     matrix = spd(torch.tensor([1.0] * 4 + [2.0] * 4 + [7.0] * 4))
     v = random_vector()
-    inner, calls = operator(matrix), []
-    counting = CallableOperator(lambda d: calls.append(1) or inner.matvec(d))
-    solution = ConjugateGradient(max_iter=30, rtol=1e-12, check_every=check_every).solve(counting, v)
+    op, calls = counting(matrix)
+    solution = ConjugateGradient(max_iter=30, rtol=1e-12, check_every=check_every).solve(op, v)
     assert len(calls) == int(solution.iterations) == spent
     assert relative_error(solution.p, reference(matrix, v)) < 1e-12
     assert float(solution.residual) < 1e-12
@@ -124,6 +123,49 @@ def test_neumann_equals_its_defining_series(matrix):
     assert relative_error(solution.p, expected) < 1e-13
     last_term = torch.linalg.matrix_power(step, terms) @ flatten(v)
     assert float(solution.residual) == pytest.approx(float(last_term.norm() / flatten(v).norm()), rel=1e-10)
+
+
+def counting(matrix: torch.Tensor) -> tuple[CallableOperator, list[int]]:
+    """The operator of ``matrix`` and the list that gets one entry per product it computes."""
+    inner, calls = operator(matrix), []
+    return CallableOperator(lambda d: calls.append(1) or inner.matvec(d)), calls
+
+
+@pytest.mark.parametrize("check_every", [1, 3, 8])
+@pytest.mark.parametrize("damping", [0.0, 0.7])
+def test_neumann_stops_at_the_first_check_after_meeting_rtol_and_reports_every_product(matrix, check_every, damping):
+    """The series stops at the first host check at which its last term (I − αA)^j v, the residual of
+    the series one term shorter, is <= rtol·‖v‖; expected count from the dense powers of I − αA."""
+    v, alpha, rtol = random_vector(), 0.3, 1e-6
+    step = torch.eye(N, dtype=torch.float64) - alpha * (matrix + damping * torch.eye(N, dtype=torch.float64))
+    norms = [float(torch.linalg.vector_norm(torch.linalg.matrix_power(step, j) @ flatten(v))) for j in range(400)]
+    first = next(j for j, size in enumerate(norms) if size <= rtol * float(flatten(v).norm()))
+    expected = math.ceil(first / check_every) * check_every
+    op, calls = counting(matrix)
+    solution = Neumann(terms=400, alpha=alpha, damping=damping, rtol=rtol, check_every=check_every).solve(op, v)
+    assert len(calls) == int(solution.iterations) == expected < 400
+    assert float(solution.residual) <= rtol
+    full = Neumann(terms=expected, alpha=alpha, damping=damping).solve(operator(matrix), v)  # no early exit
+    assert relative_error(solution.p, flatten(full.p)) == 0.0  # the same series, cut where it was read
+
+
+@pytest.mark.parametrize("rtol", [1e-3, 1e-6])
+def test_neumann_stopping_early_is_within_its_tolerance_of_the_full_solve(matrix, rtol):
+    """‖v − A p‖ <= rtol‖v‖ for both; eigenvalues in [0.5, 5] then bound ‖p_early − p_full‖ by
+    2·rtol·‖v‖/0.5 <= 2κ·rtol·‖p_full‖ with κ = 10."""
+    v = random_vector()
+    early = Neumann(terms=2000, alpha=0.3, rtol=rtol).solve(operator(matrix), v)
+    full = Neumann(terms=2000, alpha=0.3).solve(operator(matrix), v)
+    assert int(early.iterations) < 2000 == int(full.iterations)
+    true_residual = torch.linalg.vector_norm(matrix @ flatten(early.p) - flatten(v)) / flatten(v).norm()
+    assert float(true_residual) <= rtol
+    assert 0.0 < relative_error(early.p, flatten(full.p)) <= 2 * 10 * rtol
+
+
+def test_neumann_without_rtol_spends_every_term(matrix):
+    op, calls = counting(matrix)
+    solution = Neumann(terms=300, alpha=0.3, check_every=1).solve(op, random_vector())  # converged long before
+    assert len(calls) == int(solution.iterations) == 300
 
 
 def test_neumann_error_shrinks_with_terms(matrix):

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from hybrid_hpo.implicit import tensor_list as tl
 from hybrid_hpo.implicit.operators import HessianOperator
-from hybrid_hpo.implicit.protocol import Solver
+from hybrid_hpo.implicit.protocol import Solver, SolverState
 from hybrid_hpo.implicit.solvers import Neumann
 
 Loss = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
@@ -40,6 +40,8 @@ class HypergradientInfo:
     residual:   the solver's relative residual estimate (NaN when it has none).
     diverged:   the solver reported failure (see each solver).
     finite:     every entry of the hypergradient is finite.
+    state:      the solver's state for the next solve (warm start; :attr:`Solution.state`), detached
+                tensors, or None when the solver keeps none.
     """
 
     solver: str
@@ -47,6 +49,7 @@ class HypergradientInfo:
     residual: float
     diverged: bool
     finite: bool
+    state: SolverState | None = field(default=None, compare=False, repr=False)
 
 
 class HypergradientDivergence(RuntimeError):
@@ -76,6 +79,7 @@ def hypergradient(
     hparams: Mapping[str, Tensor],
     solver: Solver | None = None,
     *,
+    state: SolverState | None = None,
     return_info: bool = False,
 ) -> dict[str, Tensor] | tuple[dict[str, Tensor], HypergradientInfo]:
     """dL_V/dλ by implicit differentiation.
@@ -86,6 +90,8 @@ def hypergradient(
         params: the (approximately) trained weights w, name -> tensor of any shape.
         hparams: the hyperparameters λ, name -> tensor of any shape.
         solver: approximates H⁻¹v; default ``Neumann(terms=5, alpha=0.1)``.
+        state: the previous solve's state (``info.state`` of the last call), for a warm-started
+            solver; passed to ``solver.solve`` only when not None.
         return_info: also return a :class:`HypergradientInfo`; then a diverged or non-finite
             result is returned for the caller to handle instead of raising.
 
@@ -108,7 +114,8 @@ def hypergradient(
 
         training = train_loss(weights, lambdas)
         train_grads = _or_zeros(torch.autograd.grad(training, w, create_graph=True, allow_unused=True), w)
-        solution = solver.solve(HessianOperator(train_grads, w), v)
+        operator = HessianOperator(train_grads, w)
+        solution = solver.solve(operator, v) if state is None else solver.solve(operator, v, state)
 
         connected = [i for i, g in enumerate(train_grads) if g.requires_grad]
         mixed = [torch.zeros_like(t) for t in lam]
@@ -137,6 +144,7 @@ def hypergradient(
         residual=float(residual) if not math.isnan(residual) else math.nan,
         diverged=bool(diverged),
         finite=bool(finite),
+        state=solution.state,
     )
     gradient = dict(zip(lambdas.keys(), result))
     if return_info:

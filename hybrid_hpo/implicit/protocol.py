@@ -21,6 +21,11 @@ from hybrid_hpo.rules import options_of
 __all__ = ["Solution", "Solver", "check", "option", "options_of"]
 
 
+SolverState = dict[str, Any]
+"""What a solver hands to its next solve (warm start): a dict of detached tensors, tensor lists and
+numbers, so that ``torch.save`` / ``torch.load(weights_only=True)`` round-trip it."""
+
+
 class Solution(NamedTuple):
     """What a solver returns.
 
@@ -30,12 +35,16 @@ class Solution(NamedTuple):
                 solver for its exact meaning.
     diverged:   0-dim bool tensor: the solve failed (non-finite values, a growing series, or
                 CG met non-positive curvature).
+    state:      what the next solve of a nearby system may start from (a :data:`SolverState`:
+                the previous solution, a reusable sketch), or None when the solver keeps nothing
+                (the default, and always unless a warm-start option is on).
     """
 
     p: TensorList
     iterations: Tensor
     residual: Tensor
     diverged: Tensor
+    state: SolverState | None = None
 
 
 @runtime_checkable
@@ -46,9 +55,13 @@ class Solver(Protocol):
     system (H + δI) p = v of dimension ``size`` with eigenvalues of H in [0.5, 5] to a relative
     error below 1e-8, or None when no option does (Identity; Nyström without damping). The
     registry's contract test checks it against ``torch.linalg.solve`` in float64.
+
+    Warm start: ``solve(operator, v, state)`` receives the ``state`` of its previous
+    :class:`Solution` (consecutive hyper steps solve nearly the same system); callers pass it only
+    when that solution returned one, so a solver that never returns a state may omit the argument.
     """
 
-    def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution: ...
+    def solve(self, operator: LinearOperator, v: list[Tensor], state: SolverState | None = None) -> Solution: ...
 
     @classmethod
     def converged(cls, size: int, damping: float) -> "Solver | None": ...

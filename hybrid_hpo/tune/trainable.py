@@ -17,8 +17,8 @@ width); a Task's model is copied for each trial, so every trial starts from the 
 Without ``task`` the trial's ``task`` setting (a factory's name) or the built-in task is used.
 
 The trial ends by itself after ``epochs`` steps (``done``); a checkpoint holds the trainer's
-``state_dict()`` — weights, hyperparameters, both optimizers, RNG state — as ``trainer.pt``, the
-metrics history as ``history.json`` and, in the final checkpoint, pictures for people under
+``state_dict()`` — weights, hyperparameters, both optimizers, RNG state, the solver's warm-start
+state — as ``trainer.pt``, the metrics history as ``history.json`` and, in the final checkpoint, pictures for people under
 ``pictures/*.png`` (:mod:`hybrid_hpo.tune.pictures`; a trial stopped early by ASHA has none). Each result also carries ``node_id``, the Ray node the trial
 ran on (on a cluster, node IPs and host names need not be distinct).
 """
