@@ -72,6 +72,16 @@ def _or_zeros(grads: tuple[Tensor | None, ...], like: list[Tensor]) -> list[Tens
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
 
+def _difference(direct: Tensor | None, mixed: Tensor | None, like: Tensor) -> Tensor:
+    """direct − mixed for one λ tensor, None meaning zero (a term the losses do not have): the
+    mixed product's fresh tensor is negated in place, so the usual case (λ not in L_V) costs one
+    pass over λ and no zeros."""
+    if mixed is None:
+        return torch.zeros_like(like) if direct is None else direct.detach()
+    mixed = mixed.detach().neg_()
+    return mixed if direct is None else mixed.add_(direct.detach())
+
+
 def hypergradient(
     train_loss: Loss,
     val_loss: Loss,
@@ -109,7 +119,7 @@ def hypergradient(
     with torch.enable_grad():
         validation = val_loss(weights, lambdas)
         grads = torch.autograd.grad(validation, w + lam, allow_unused=True)
-        v, direct = _or_zeros(grads[: len(w)], w), _or_zeros(grads[len(w) :], lam)
+        v, direct = _or_zeros(grads[: len(w)], w), grads[len(w) :]
         del validation, grads
 
         training = train_loss(weights, lambdas)
@@ -118,18 +128,15 @@ def hypergradient(
         solution = solver.solve(operator, v) if state is None else solver.solve(operator, v, state)
 
         connected = [i for i, g in enumerate(train_grads) if g.requires_grad]
-        mixed = [torch.zeros_like(t) for t in lam]
+        mixed: tuple[Tensor | None, ...] = (None,) * len(lam)
         if connected:
-            mixed = _or_zeros(
-                torch.autograd.grad(
-                    [train_grads[i] for i in connected],
-                    lam,
-                    grad_outputs=[solution.p[i].detach() for i in connected],
-                    allow_unused=True,
-                ),
+            mixed = torch.autograd.grad(
+                [train_grads[i] for i in connected],
                 lam,
+                grad_outputs=[solution.p[i].detach() for i in connected],
+                allow_unused=True,
             )
-    result = [(d - m).detach() for d, m in zip(direct, mixed)]
+    result = [_difference(d, m, t) for d, m, t in zip(direct, mixed, lam)]
     finite, diverged, residual, iterations = torch.stack(
         [
             tl.all_finite(result).to(torch.float64),

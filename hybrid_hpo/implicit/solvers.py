@@ -44,7 +44,9 @@ class Identity:
     """p = v: treats H as the identity (Lorraine et al.'s cheapest approximation, T1–T2).
 
     Equal to ``Neumann(terms=0, alpha=1.0)``. Costs no Hessian-vector product and no copy: the
-    returned p is v itself (solvers never modify their inputs). It has no options.
+    returned p is v itself (solvers never modify their inputs). It has no options. There is no
+    solve to fail, so ``diverged`` is False: a non-finite v shows in the hypergradient, whose
+    finiteness :func:`hybrid_hpo.implicit.hypergradient` checks (no second pass over v here).
     """
 
     @classmethod
@@ -53,7 +55,7 @@ class Identity:
 
     def solve(self, operator: LinearOperator, v: list[Tensor]) -> Solution:
         nan = _scalar(math.nan, v[0])
-        return Solution(list(v), _scalar(0, v[0], torch.int64), nan, ~tl.all_finite(v))
+        return Solution(list(v), _scalar(0, v[0], torch.int64), nan, _scalar(False, v[0], torch.bool))
 
 
 def _product(operator: LinearOperator, x: list[Tensor], damping: float) -> TensorList:
