@@ -10,17 +10,17 @@ SPEC = validate_compare_spec({**GOOD, "budget_s": 10, "seeds": [0, 1]})
 
 
 def _r(t, val, test, trial="a"):
-    return {"t": t, "trial": trial, "epoch": 1, "val_loss": val, "test_acc": test}
+    return {"t": t, "trial": trial, "epoch": 1, "sel_loss": val, "test_acc": test}
 
 
 def test_incumbents_follow_best_validation_and_ignore_nan_and_late_records():
     records = [_r(1, 0.9, 0.50), _r(2, math.nan, 0.99), _r(3, 0.5, 0.70, "b"), _r(4, 0.6, 0.95),
                _r(5, math.inf, 0.99), _r(6, 0.4, 0.80), _r(11, 0.1, 0.99), _r(math.nan, 0.01, 0.99)]
-    chain = incumbents(records, "val_loss", "min", budget_s=10)
+    chain = incumbents(records, "sel_loss", "min", budget_s=10)
     assert [r["test_acc"] for r in chain] == [0.50, 0.70, 0.80]  # never NaN/inf, never after t=10 or at no time
     assert incumbent_at(chain, 0.5, "test_acc") != incumbent_at(chain, 0.5, "test_acc")  # NaN before any record
     assert incumbent_at(chain, 4.9, "test_acc") == 0.70
-    maximise = incumbents([_r(1, 0.2, 0.1), _r(2, 0.8, 0.9), _r(3, 0.5, 0.5)], "val_loss", "max", budget_s=10)
+    maximise = incumbents([_r(1, 0.2, 0.1), _r(2, 0.8, 0.9), _r(3, 0.5, 0.5)], "sel_loss", "max", budget_s=10)
     assert [r["test_acc"] for r in maximise] == [0.1, 0.9]
 
 

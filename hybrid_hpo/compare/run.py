@@ -27,7 +27,7 @@ from typing import Any
 
 from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec
 
-SPLIT_PREFIXES: tuple[str, ...] = ("train_", "val_", "test_")
+SPLIT_PREFIXES: tuple[str, ...] = ("train_", "val_", "sel_", "test_")
 """A record keeps every reported metric of a split (loss, the task's metrics, balanced accuracy)."""
 
 

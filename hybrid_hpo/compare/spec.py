@@ -7,7 +7,8 @@ Layout (see searches/compare_digits_few.yaml)::
                                   # or {factory: "my_tasks.py:make_task"}: your own Task
     seeds: [0, 1, 2]              # one replicate per seed: data split, init and sampler seed
     budget_s: 120                 # wall-clock seconds per strategy and seed
-    metric: val_loss              # how every strategy selects its model (validation only)
+    metric: sel_loss              # how every strategy selects its model: the selection split (held out
+                                  # from weights and λ; val_* when selection_fraction is 0)
     mode: min                     # needed only for a task's own metric (val_<name>)
     report: test_acc              # the test metric of the table (test_<name> for a task's own metric)
     max_concurrent: 2
@@ -41,7 +42,7 @@ from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Resources, SweepSpec,
 STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
 SEARCHED: tuple[str, ...] = ("bo_only", "hybrid")
 SPLIT_KEYS: tuple[str, ...] = ("task", "dataset", "data_root", "download", "val_fraction", "train_size",
-                               "val_size", "imbalance", "seed")
+                               "val_size", "imbalance", "selection_fraction", "seed")
 """Settings that decide the examples of each split: only ``task`` sets them (``seed`` comes from ``seeds``)."""
 
 
@@ -66,7 +67,7 @@ class CompareSpec(BaseModel):
     task: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget_s: float = Field(gt=0)
-    metric: str = "val_loss"
+    metric: str = "sel_loss"
     mode: Literal["min", "max"] | None = None
     report: str = Field(default="test_acc", pattern=r"^test_[a-z][a-z0-9_]*$")
     max_concurrent: int = Field(default=2, ge=1)
@@ -76,8 +77,9 @@ class CompareSpec(BaseModel):
     @field_validator("metric")
     @classmethod
     def _validation_metric(cls, value: str) -> str:
-        if not value.startswith("val_") or not (value in OBJECTIVES or TASK_METRIC.fullmatch(value)):
-            raise ValueError(f"{value!r} cannot select models; use val_loss, val_acc or val_<name> of your task")
+        if not value.startswith(("sel_", "val_")) or not (value in OBJECTIVES or TASK_METRIC.fullmatch(value)):
+            raise ValueError(f"{value!r} cannot select models; use sel_loss, sel_acc or sel_<name> of your task "
+                             "(or val_*)")
         return value
 
     @model_validator(mode="after")

@@ -24,7 +24,8 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     pending_timeout_s: 600      # stop (with a message) when trials wait PENDING this long and none runs
     initial_points:             # optional warm start: the first trials, at these settings (searched keys;
       - {inner_lr: 0.1, inner_steps: 2}   # a key left out is sampled)
-    metric: val_loss            # val_loss, val_acc, or val_<name> of your task's metrics
+    metric: sel_loss            # sel_loss, sel_acc, sel_<name> of your task's metrics (the selection
+                                # split; val_* without one), or val_*; trials are judged by its best epoch
     mode: min
 
 ``task``, ``inner`` and ``solver`` hold fixed RunConfig settings (``solver.name`` is RunConfig's
@@ -52,9 +53,11 @@ from hybrid_hpo.tune.distributions import DISTRIBUTION_TYPES, Distribution
 from hybrid_hpo.tune.samplers import SamplerName
 
 FIXED_SECTIONS: tuple[str, ...] = ("task", "inner", "solver")
-OBJECTIVES: dict[str, str] = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
-"""The built-in objectives and their direction; a task's own metric ``val_<name>`` takes ``mode`` as given."""
-TASK_METRIC = re.compile(r"(train|val)_[a-z][a-z0-9_]*")
+OBJECTIVES: dict[str, str] = {"sel_loss": "min", "sel_acc": "max", "val_loss": "min", "val_acc": "max",
+                              "train_loss": "min", "train_acc": "max"}
+"""The built-in objectives and their direction; a task's own metric ``sel_<name>`` / ``val_<name>``
+takes ``mode`` as given. A trial is judged by ``<metric>_best`` (:mod:`hybrid_hpo.objective`)."""
+TASK_METRIC = re.compile(r"(train|val|sel)_[a-z][a-z0-9_]*")
 FACTORY_KEY = "factory"
 """``task.factory`` of a spec file: RunConfig's ``task`` (a task factory's name)."""
 
@@ -132,7 +135,7 @@ class SweepSpec(BaseModel):
     time_budget_s: float | None = Field(default=None, gt=0)  # wall-clock limit of the whole sweep (Ray's)
     pending_timeout_s: float = Field(default=600.0, gt=0)  # stop when trials wait PENDING this long, none running
     initial_points: list[dict[str, Any]] = Field(default_factory=list)  # warm start: the first trials' settings
-    metric: str = "val_loss"
+    metric: str = "sel_loss"
     mode: Literal["min", "max"] = "min"
 
     @field_validator("search")
@@ -146,9 +149,9 @@ class SweepSpec(BaseModel):
     @classmethod
     def _validation_objective(cls, value: str) -> str:
         if value.startswith("test_"):
-            raise ValueError(f"{value} would tune on the test set; use val_loss or val_acc")
+            raise ValueError(f"{value} would tune on the test set; use sel_loss or sel_acc")
         if value not in OBJECTIVES and not TASK_METRIC.fullmatch(value):
-            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(OBJECTIVES)} or val_<name> of "
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(OBJECTIVES)} or sel_<name> of "
                              "your task's metrics")
         return value
 

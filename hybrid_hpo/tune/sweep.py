@@ -35,6 +35,7 @@ from functools import partial
 from pathlib import Path
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.objective import best_key
 from hybrid_hpo.tune.outcome import SweepOutcome, result_rows, trial_history
 from hybrid_hpo.tune.plan import (ARTIFACTS_DIR, EXPERIMENT_NAME, SweepPlan, base_config, check_no_sweep,
                                   startup_trials, trial_resources, write_metadata)
@@ -120,13 +121,12 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
 
     from hybrid_hpo.tune.pending import PendingWatchdog
     from hybrid_hpo.tune.search import close_running, make_search, make_storage, storage_moved, storage_url
-    from hybrid_hpo.tune.trainable import IFTTrainable
     from hybrid_hpo.tune.trust import signing
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
     storage = storage if storage is not None else make_storage(plan.storage, plan.results_dir)
     url = storage_url(storage) or str(plan.storage)
-    trainable = tune.with_resources(IFTTrainable, trial_resources(spec))
+    trainable = sweep_trainable(spec.metric, spec.mode, trial_resources(spec))
     watchdog = PendingWatchdog(spec.pending_timeout_s)
     experiment_dir = plan.results_dir / EXPERIMENT_NAME
     moved = partial(storage_moved, plan.storage_moved_from, url)
@@ -135,7 +135,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable,
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
-        searcher = make_search(spec.search, spec.metric, spec.mode, storage=storage, study_name=plan.study_name,
+        searcher = make_search(spec.search, best_key(spec.metric), spec.mode, storage=storage, study_name=plan.study_name,
                                sampler=spec.sampler, seed=spec.seed, n_startup_trials=startup_trials(spec, plan),
                                points_to_evaluate=spec.initial_points, sweep_id=plan.sweep_id)
         searcher.attach_pictures(experiment_dir, plan.results_dir / ARTIFACTS_DIR)
@@ -165,6 +165,16 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
                         histories=histories, budget_spent=budget_spent, stopped_because=watchdog.message)
 
 
+def sweep_trainable(metric: str, mode: str, resources: dict[str, float]):
+    """IFTTrainable reporting ``metric`` and ``<metric>_best`` (:mod:`hybrid_hpo.objective`), with
+    ``resources`` per trial (its torch threads = its CPUs)."""
+    from ray import tune
+
+    from hybrid_hpo.tune.trainable import IFTTrainable
+
+    return tune.with_resources(tune.with_parameters(IFTTrainable, metric=metric, mode=mode), resources)
+
+
 def _follow_move(generator, results_dir: Path) -> None:
     """Point a search restored from Ray's pickle at where the results dir is now (it may have moved):
     Ray moves the trials it restores, but its pickled experiment still names the old folder for
@@ -188,7 +198,8 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base_config(spec)["epochs"],
                                   grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
     return tune.TuneConfig(search_alg=SignedSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)),
-                           scheduler=scheduler, num_samples=plan.num_samples, metric=spec.metric, mode=spec.mode,
+                           scheduler=scheduler, num_samples=plan.num_samples, metric=best_key(spec.metric),
+                           mode=spec.mode,
                            reuse_actors=True, time_budget_s=spec.time_budget_s)
 
 

@@ -16,6 +16,13 @@ A factory is called in each trial with that trial's config (so a search may vary
 width); a Task's model is copied for each trial, so every trial starts from the same weights.
 Without ``task`` the trial's ``task`` setting (a factory's name) or the built-in task is used.
 
+Each result carries the outer objective (:mod:`hybrid_hpo.objective`): ``metric`` (default
+``sel_loss``; on a run without a selection split, the ``val_*`` value under that name) and
+``<metric>_best``, its best value over the trial's epochs so far — what the searcher is told and what
+the pick uses. Sweeps set ``metric`` / ``mode`` with ``tune.with_parameters(IFTTrainable,
+metric=..., mode=...)``. The best-so-far value is rebuilt from the history on restore, so a trial
+that PBT restarts from another trial's checkpoint carries that trial's lineage.
+
 The trial ends by itself after ``epochs`` steps (``done``); a checkpoint holds the trainer's
 ``state_dict()`` — weights, hyperparameters, both optimizers, RNG state — as ``trainer.pt``, the
 metrics history as ``history.json`` and, in the final checkpoint, pictures for people under
@@ -37,6 +44,7 @@ from ray import tune
 
 from hybrid_hpo.bilevel import BilevelTrainer
 from hybrid_hpo.config import RunConfig
+from hybrid_hpo.objective import DEFAULT_METRIC, BestSoFar, best_key, metric_value
 from hybrid_hpo.task import Task, TaskSource
 from hybrid_hpo.tune.pictures import render_trial
 
@@ -59,15 +67,17 @@ def trial_device(requested: str) -> str:
 class IFTTrainable(tune.Trainable):
     """Ray Tune class trainable around :class:`BilevelTrainer` (see the module docstring).
 
-    ``step()`` returns the trainer's epoch metrics (epoch, train/val/test loss and accuracy,
-    hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus ``done``
-    and ``reported_at`` (``time.time()`` when the epoch ended).
+    ``step()`` returns the trainer's epoch metrics (epoch, train/val/sel/test loss and accuracy,
+    hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus the
+    objective ``metric`` and ``<metric>_best``, ``done`` and ``reported_at`` (``time.time()`` when
+    the epoch ended).
     ``reset_config`` rebuilds the trainer, so Tune may reuse the actor (``reuse_actors=True``) and
     skip process start and imports between trials.
     """
 
-    def setup(self, config: dict[str, Any], task: TaskSource = None) -> None:
-        self.task_source = task
+    def setup(self, config: dict[str, Any], task: TaskSource = None, metric: str = DEFAULT_METRIC,
+              mode: str = "min") -> None:
+        self.task_source, self.metric, self.mode = task, metric, mode
         resources = self.trial_resources
         cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
         if cpus >= 1:  # one intra-op thread per CPU Ray reserved for this trial
@@ -81,11 +91,14 @@ class IFTTrainable(tune.Trainable):
         if isinstance(task, Task):  # every trial (also in a reused actor) starts from the task's initial weights
             task = dataclasses.replace(task, model=copy.deepcopy(task.model))
         self.trainer = BilevelTrainer(run_config, device=trial_device(run_config.device), task=task)
-        self.history: list[dict[str, float]] = []  # epoch and the split metrics per epoch, for the pictures
+        self.history: list[dict[str, float]] = []  # epoch and the split metrics per epoch (pictures, best so far)
+        self.best = BestSoFar(self.metric, self.mode)
 
     def step(self) -> dict[str, Any]:
         metrics = dict(self.trainer.train_epoch())
         self.history.append({key: metrics[key] for key in ("epoch", *self.trainer.metric_names())})
+        metrics.setdefault(self.metric, metric_value(metrics, self.metric))  # sel_* without a selection split
+        metrics[best_key(self.metric)] = self.best.update(metrics)
         metrics["done"] = self.trainer.epoch >= self.run_config.epochs
         metrics["reported_at"] = time.time()  # wall clock (s since the epoch), finer than Ray's integer timestamp
         if ray.is_initialized():
@@ -108,6 +121,9 @@ class IFTTrainable(tune.Trainable):
         if os.path.isfile(history):
             with open(history) as file:
                 self.history = json.load(file)
+        self.best = BestSoFar(self.metric, self.mode)
+        for metrics in self.history:
+            self.best.update(metrics)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._build(new_config)
