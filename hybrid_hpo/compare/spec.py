@@ -5,7 +5,7 @@ Layout (see searches/compare_digits_few.yaml)::
     name: compare-digits-few
     task: {dataset: digits, train_size: 100, val_size: 200, model: mlp, hidden: [512, 256]}
                                   # or {factory: "my_tasks.py:make_task"}: your own Task
-    seeds: [0, 1, 2]              # one replicate per seed: data split, init and sampler seed
+    seeds: [0, 1, 2, 3, 4]        # one replicate per seed (>= 5 for the paired test): split, init, sampler
     budget_s: 120                 # wall-clock seconds per strategy and seed
     metric: sel_loss              # how every strategy selects its model: the selection split (held out
                                   # from weights and λ; val_* when selection_fraction is 0)
@@ -65,7 +65,7 @@ class CompareSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     task: dict[str, Any] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     budget_s: float = Field(gt=0)
     metric: str = "sel_loss"
     mode: Literal["min", "max"] | None = None
