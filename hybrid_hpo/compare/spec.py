@@ -44,6 +44,9 @@ SEARCHED: tuple[str, ...] = ("bo_only", "hybrid")
 SPLIT_KEYS: tuple[str, ...] = ("task", "dataset", "data_root", "download", "val_fraction", "train_size",
                                "val_size", "imbalance", "selection_fraction", "seed")
 """Settings that decide the examples of each split: only ``task`` sets them (``seed`` comes from ``seeds``)."""
+STARTUP_TRIALS = 5
+"""A search's random start-up trials unless its strategy says otherwise (TPE's own default, 10, would
+leave short budgets no model-guided trial; the table counts them)."""
 
 
 class Strategy(BaseModel):
@@ -117,7 +120,8 @@ class CompareSpec(BaseModel):
         chosen = self.strategies[strategy]
         raw = {"name": f"{self.name}-{strategy}-seed{seed}", "task": self.run_settings(strategy, seed),
                "search": dict(chosen.search), "sampler": chosen.sampler, "seed": seed,
-               "startup_trials": chosen.startup_trials, "num_trials": max_trials,
+               "startup_trials": STARTUP_TRIALS if chosen.startup_trials is None else chosen.startup_trials,
+               "num_trials": max_trials,
                "max_concurrent": self.max_concurrent, "resources": self.resources.model_dump(),
                "checkpoint_every": 0, "max_failures": 0, "time_budget_s": self.budget_s,
                "metric": self.metric, "mode": self.mode}

@@ -69,7 +69,8 @@ class IFTTrainable(tune.Trainable):
 
     ``step()`` returns the trainer's epoch metrics (epoch, train/val/sel/test loss and accuracy,
     hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus the
-    objective ``metric`` and ``<metric>_best``, ``done`` and ``reported_at`` (``time.time()`` when
+    objective ``metric`` and ``<metric>_best``, ``torch_threads`` (the intra-op threads the epoch
+    ran with: one per CPU the trial reserved), ``done`` and ``reported_at`` (``time.time()`` when
     the epoch ended).
     ``reset_config`` rebuilds the trainer, so Tune may reuse the actor (``reuse_actors=True``) and
     skip process start and imports between trials.
@@ -99,6 +100,7 @@ class IFTTrainable(tune.Trainable):
         self.history.append({key: metrics[key] for key in ("epoch", *self.trainer.metric_names())})
         metrics.setdefault(self.metric, metric_value(metrics, self.metric))  # sel_* without a selection split
         metrics[best_key(self.metric)] = self.best.update(metrics)
+        metrics["torch_threads"] = torch.get_num_threads()  # equal for every trial of equal resources
         metrics["done"] = self.trainer.epoch >= self.run_config.epochs
         metrics["reported_at"] = time.time()  # wall clock (s since the epoch), finer than Ray's integer timestamp
         if ray.is_initialized():
