@@ -15,7 +15,8 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     sampler: tpe                # tpe | gp
     num_trials: 8
     max_concurrent: 2
-    scheduler: fifo             # fifo | asha
+    scheduler: fifo             # fifo | asha | pbt (population-based training that inherits weights and λ;
+    pbt: {perturbation_interval: 2, quantile_fraction: 0.25, resample_probability: 0.25}  # see tune/pbt.py
     resources: {cpu: 1, gpu: auto}
     checkpoint_every: 5         # epochs between trial checkpoints (0: only at the end)
     max_failures: 2             # a trial whose process dies restarts from its last checkpoint, this often
@@ -105,6 +106,16 @@ class Resources(BaseModel):
         return value
 
 
+class Pbt(BaseModel):
+    """Population-based training (:mod:`hybrid_hpo.tune.pbt`): exploit / explore every
+    ``perturbation_interval`` epochs; bottom ``quantile_fraction`` copies the top."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
+    perturbation_interval: int = Field(default=2, ge=1)
+    quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+
+
 class Asha(BaseModel):
     """ASHA early stopping on ``training_iteration`` (epochs): rungs at grace_period * rf^k."""
 
@@ -127,8 +138,9 @@ class SweepSpec(BaseModel):
     startup_trials: int | None = Field(default=None, ge=0)
     num_trials: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
-    scheduler: Literal["fifo", "asha"] = "fifo"
+    scheduler: Literal["fifo", "asha", "pbt"] = "fifo"
     asha: Asha = Field(default_factory=Asha)
+    pbt: Pbt = Field(default_factory=Pbt)
     resources: Resources = Field(default_factory=Resources)
     checkpoint_every: int = Field(default=5, ge=0)
     max_failures: int = Field(default=2, ge=0)  # restarts of a trial whose process died (from its checkpoint)
@@ -165,6 +177,17 @@ class SweepSpec(BaseModel):
                 if not self.search[key].contains(value):
                     raise ValueError(f"initial_points[{index}].{key}: {value!r} is outside search.{key} "
                                      f"({self.search[key].model_dump(exclude={'type'})}); widen the range or change it")
+        return self
+
+    @model_validator(mode="after")
+    def _pbt_mutates_meta_settings_only(self) -> "SweepSpec":
+        from hybrid_hpo.tune.pbt import MUTABLE, check_mutable
+
+        fixed = check_mutable(list(self.search)) if self.scheduler == "pbt" else None
+        if fixed is not None:
+            raise ValueError(f"search.{fixed}: scheduler pbt copies one trial's weights and λ into another mid-run, "
+                             f"so it can only change {', '.join(MUTABLE)} or solver.<option>; fix {fixed} in task "
+                             "or inner, or use scheduler fifo or asha")
         return self
 
     @model_validator(mode="after")

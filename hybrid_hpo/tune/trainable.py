@@ -21,7 +21,9 @@ Each result carries the outer objective (:mod:`hybrid_hpo.objective`): ``metric`
 ``<metric>_best``, its best value over the trial's epochs so far — what the searcher is told and what
 the pick uses. Sweeps set ``metric`` / ``mode`` with ``tune.with_parameters(IFTTrainable,
 metric=..., mode=...)``. The best-so-far value is rebuilt from the history on restore, so a trial
-that PBT restarts from another trial's checkpoint carries that trial's lineage.
+that PBT restarts from another trial's checkpoint carries that trial's lineage. With ``digests=True``
+(PBT sweeps) each result also carries ``hparams_digest`` (:func:`hparams_digest` of λ after the
+epoch) and, first after a restore, ``restored_epoch`` and ``restored_digest`` (λ as loaded).
 
 The trial ends by itself after ``epochs`` steps (``done``); a checkpoint holds the trainer's
 ``state_dict()`` — weights, hyperparameters, both optimizers, RNG state — as ``trainer.pt``, the
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -64,6 +67,15 @@ def trial_device(requested: str) -> str:
     return "cuda"
 
 
+def hparams_digest(hparams: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (first 16 hex digits) of the raw λ tensors' bytes, by name: equal digests, equal λ."""
+    digest = hashlib.sha256()
+    for name in sorted(hparams):
+        digest.update(name.encode())
+        digest.update(hparams[name].detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class IFTTrainable(tune.Trainable):
     """Ray Tune class trainable around :class:`BilevelTrainer` (see the module docstring).
 
@@ -77,8 +89,9 @@ class IFTTrainable(tune.Trainable):
     """
 
     def setup(self, config: dict[str, Any], task: TaskSource = None, metric: str = DEFAULT_METRIC,
-              mode: str = "min") -> None:
-        self.task_source, self.metric, self.mode = task, metric, mode
+              mode: str = "min", digests: bool = False) -> None:
+        self.task_source, self.metric, self.mode, self.digests = task, metric, mode, digests
+        self.restored: dict[str, Any] = {}
         resources = self.trial_resources
         cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
         if cpus >= 1:  # one intra-op thread per CPU Ray reserved for this trial
@@ -100,6 +113,10 @@ class IFTTrainable(tune.Trainable):
         self.history.append({key: metrics[key] for key in ("epoch", *self.trainer.metric_names())})
         metrics.setdefault(self.metric, metric_value(metrics, self.metric))  # sel_* without a selection split
         metrics[best_key(self.metric)] = self.best.update(metrics)
+        if self.digests:
+            metrics["hparams_digest"] = hparams_digest(self.trainer.family.hparams())
+            metrics.update(self.restored)
+            self.restored = {}
         metrics["torch_threads"] = torch.get_num_threads()  # equal for every trial of equal resources
         metrics["done"] = self.trainer.epoch >= self.run_config.epochs
         metrics["reported_at"] = time.time()  # wall clock (s since the epoch), finer than Ray's integer timestamp
@@ -119,6 +136,9 @@ class IFTTrainable(tune.Trainable):
         checkpoint cannot run code."""
         state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         self.trainer.load_state_dict(state)
+        if self.digests:  # reported with the next epoch: where this trial's weights and λ came from
+            self.restored = {"restored_epoch": int(state["epoch"]),
+                             "restored_digest": hparams_digest(self.trainer.family.hparams())}
         history = os.path.join(checkpoint, HISTORY_FILE)
         if os.path.isfile(history):
             with open(history) as file:
