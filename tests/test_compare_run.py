@@ -36,6 +36,8 @@ SPEC = {
         "hybrid": {"settings": {"family": "weight_decay"}, "startup_trials": 2, "warm_start": True,
                    "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1},
                               "solver.terms": {"type": "int", "low": 1, "high": 6}}},
+        "pbt": {"settings": {"family": "weight_decay"}, "population": 2, "pbt": {"perturbation_interval": 2},
+                "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1}}},
     },
 }
 
@@ -51,13 +53,13 @@ def test_compare_runs_three_strategies_and_writes_a_finite_table(ray_session, tm
     printed = capsys.readouterr().out
     assert code == 0, printed[-3000:]
 
-    table = [line for line in printed.splitlines() if line.startswith(("| BO-only (", "| IFT with", "| Hybrid ("))]
-    assert len(table) == 3 and all("nan" not in line for line in table), table
-    assert (out / "table.md").read_text().splitlines()[2:5] == table  # header, separator, the same 3 rows
+    table = [line for line in printed.splitlines() if line.startswith(("| BO-only (", "| IFT with", "| Hybrid (", "| PBT ("))]
+    assert len(table) == 4 and all("nan" not in line for line in table), table
+    assert (out / "table.md").read_text().splitlines()[2:6] == table  # header, separator, the same 4 rows
 
     saved = json.loads((out / "compare.json").read_text())
     rows = {row["strategy"]: row for row in saved["rows"]}
-    assert list(rows) == ["bo_only", "ift_defaults", "hybrid"]
+    assert list(rows) == ["bo_only", "ift_defaults", "hybrid", "pbt"]
     for row in rows.values():
         assert row["seeds"] == 1 and 0.0 < row["test_acc_mean"] <= 1.0 and math.isfinite(row["sel_loss_mean"])
         assert row["wall_s"] > 0 and row["epochs"] >= 1
@@ -65,7 +67,9 @@ def test_compare_runs_three_strategies_and_writes_a_finite_table(ray_session, tm
     assert all(run["seed"] == 3 and len(run["load"]) == 2 for run in runs.values())
     assert saved["seeds"] == [3] and saved["budget_s"] == BUDGET_S and len(saved["machine"]["load_start"]) == 3
     assert [(p["a"], p["b"], p["verdict"]) for p in saved["pairs"]] == [
+        ("pbt", "hybrid", "n/a"), ("pbt", "ift_defaults", "n/a"), ("pbt", "bo_only", "n/a"),
         ("hybrid", "ift_defaults", "n/a"), ("hybrid", "bo_only", "n/a"), ("ift_defaults", "bo_only", "n/a")]
+    assert runs["pbt"]["trials"] == 2 and runs["pbt"]["guided"] == 0  # PBT's population, no sampler model
     assert runs["ift_defaults"]["trials"] == 1 and runs["ift_defaults"]["study_name"] is None
     assert len(runs["ift_defaults"]["records"]) == SPEC["task"]["epochs"]
     # one process kind and thread count for all: every epoch of every strategy ran in a Ray actor

@@ -4,10 +4,11 @@ For every seed (a replicate: data split, initialisation and sampler seed), each 
 ``budget_s`` seconds of wall clock on the same machine, one after the other; the order rotates
 with the seed, so slow drifts of the machine's load do not always hit the same strategy:
 
-- ``bo_only`` and ``hybrid``: a Ray Tune sweep (:func:`hybrid_hpo.tune.sweep.run_sweep`) with
+- ``bo_only``, ``hybrid`` and (optional) ``pbt``: a Ray Tune sweep (:func:`hybrid_hpo.tune.sweep.run_sweep`) with
   Optuna's sampler, as many trials as fit (Ray's ``time_budget_s``: at the deadline running
   trials stop where they are), ``max_concurrent`` at a time. Their Optuna studies share one
-  storage, ``<results_dir>/optuna.sqlite3``.
+  storage, ``<results_dir>/optuna.sqlite3``. ``pbt`` runs its population side by side under Ray
+  Tune's PopulationBasedTraining (:mod:`hybrid_hpo.tune.pbt`) until its epochs or the budget end.
 - ``ift_defaults``: one bilevel run with the default meta-settings as a one-trial Ray Tune run
   (:func:`run_single`), cut at the budget the same way.
 
@@ -112,7 +113,8 @@ def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, s
     wall = time.perf_counter() - start
     return StrategyRun(strategy, seed, wall, trials=len(outcome.histories),
                        records=_records(outcome.histories, start_clock), study_name=outcome.study_name,
-                       results_dir=str(plan.results_dir), startup_trials=startup_trials(sweep, plan))
+                       results_dir=str(plan.results_dir),
+                       startup_trials=len(outcome.histories) if sweep.scheduler == "pbt" else startup_trials(sweep, plan))
 
 
 def run_single(spec: CompareSpec, seed: int, results_dir: Path, verbose: int = 0) -> StrategyRun:

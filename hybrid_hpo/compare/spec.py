@@ -17,11 +17,16 @@ Layout (see searches/compare_digits_few.yaml)::
       ift_defaults:  {settings: {family: weight_decay, granularity: per_weight, epochs: 60}}
       hybrid:        {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., solver.terms: ...},
                       warm_start: true}   # optional: first trial at the defaults = the ift_defaults run
+      pbt:           {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., solver.terms: ...},
+                      population: 4, pbt: {perturbation_interval: 5}}   # optional: population-based
+                                  # training over the meta-settings, inheriting weights and λ
 
 ``task`` holds the settings every strategy shares; it alone may set the data split (dataset,
 sizes, ``val_fraction``, ``imbalance``), so the three strategies train, select and are tested on
 the same examples. ``bo_only`` must use a family without λ (``fixed`` or ``fixed_augment``: no
-hypergradients), ``ift_defaults`` and ``hybrid`` one with λ; ``ift_defaults`` searches nothing.
+hypergradients), ``ift_defaults``, ``hybrid`` and ``pbt`` one with λ; ``ift_defaults`` searches
+nothing; ``pbt`` (optional) runs ``population`` trials side by side under Ray Tune's PBT
+(:mod:`hybrid_hpo.tune.pbt`): its space gives the first settings and the ranges of the perturbations.
 Each sweep strategy becomes a :class:`~hybrid_hpo.tune.spec.SweepSpec` checked by the sweep
 validator, so a bad key fails before anything runs, with a one-line ConfigError naming the field.
 """
@@ -36,11 +41,13 @@ from hybrid_hpo.config import RunConfig, field_names
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import Distribution
 from hybrid_hpo.tune.samplers import SamplerName
-from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Resources, SweepSpec, check_known_key, first_error,
+from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Pbt, Resources, SweepSpec, check_known_key, first_error,
                                   read_spec_file, setting_name, task_settings, validate_spec)
 
-STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
-SEARCHED: tuple[str, ...] = ("bo_only", "hybrid")
+STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid", "pbt")
+REQUIRED: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
+SEARCHED: tuple[str, ...] = ("bo_only", "hybrid", "pbt")
+"""``pbt`` (optional): population-based training over the meta-settings that inherits weights and λ."""
 SPLIT_KEYS: tuple[str, ...] = ("task", "dataset", "data_root", "download", "val_fraction", "train_size",
                                "val_size", "imbalance", "selection_fraction", "seed")
 """Settings that decide the examples of each split: only ``task`` sets them (``seed`` comes from ``seeds``)."""
@@ -60,6 +67,8 @@ class Strategy(BaseModel):
     sampler: SamplerName = "tpe"
     startup_trials: int | None = Field(default=None, ge=0)
     warm_start: bool = False
+    population: int = Field(default=4, ge=2)  # pbt: trials in the population
+    pbt: Pbt = Field(default_factory=Pbt)  # pbt: perturbation interval, quantile, resampling
 
 
 class CompareSpec(BaseModel):
@@ -75,7 +84,7 @@ class CompareSpec(BaseModel):
     report: str = Field(default="test_acc", pattern=r"^test_[a-z][a-z0-9_]*$")
     max_concurrent: int = Field(default=2, ge=1)
     resources: Resources = Field(default_factory=Resources)
-    strategies: dict[Literal["bo_only", "ift_defaults", "hybrid"], Strategy]
+    strategies: dict[Literal["bo_only", "ift_defaults", "hybrid", "pbt"], Strategy]
 
     @field_validator("metric")
     @classmethod
@@ -106,9 +115,9 @@ class CompareSpec(BaseModel):
     @field_validator("strategies")
     @classmethod
     def _all_three(cls, value: dict) -> dict:
-        missing = [name for name in STRATEGIES if name not in value]
+        missing = [name for name in REQUIRED if name not in value]
         if missing:
-            raise ValueError(f"{missing[0]} is missing; give all of {', '.join(STRATEGIES)}")
+            raise ValueError(f"{missing[0]} is missing; give all of {', '.join(REQUIRED)} (pbt is optional)")
         return value
 
     def run_settings(self, strategy: str, seed: int) -> dict[str, Any]:
@@ -125,6 +134,9 @@ class CompareSpec(BaseModel):
                "max_concurrent": self.max_concurrent, "resources": self.resources.model_dump(),
                "checkpoint_every": 0, "max_failures": 0, "time_budget_s": self.budget_s,
                "metric": self.metric, "mode": self.mode}
+        if strategy == "pbt":  # PBT, not TPE, picks the settings; same concurrency as the other searches
+            raw.update(scheduler="pbt", pbt=chosen.pbt.model_dump(), num_trials=chosen.population,
+                       startup_trials=None)
         if chosen.warm_start:
             defaults = RunConfig.from_mapping(self.run_settings(strategy, seed)).to_dict()
             raw["initial_points"] = [{key: defaults[key] for key in chosen.search}]
@@ -174,7 +186,8 @@ def with_changes(spec: CompareSpec, source: str, *, task: dict[str, Any] | None 
     raw["task"] = {**spec.task, **(task or {})}
     raw.update({key: value for key, value in (("budget_s", budget_s), ("seeds", seeds)) if value is not None})
     for strategy in SEARCHED if warm_start else ():
-        raw["strategies"][strategy]["warm_start"] = True
+        if strategy in raw["strategies"]:
+            raw["strategies"][strategy]["warm_start"] = True
     return validate_compare_spec(raw, source=source, default_name=spec.name)
 
 

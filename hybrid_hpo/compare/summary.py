@@ -138,8 +138,8 @@ def report_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[Paired], spe
     """table.md: the strategies' table, the paired differences and, when a search's model suggested
     fewer than :data:`MIN_GUIDED` trials on average, a note saying so."""
     parts = [markdown_table(rows, spec), "", pairs_table(pairs, spec)]
-    few = [SHORT[row["strategy"]] for row in rows if row["strategy"] in spec.strategies
-           and spec.strategies[row["strategy"]].search and row["guided"] < MIN_GUIDED]
+    few = [SHORT[row["strategy"]] for row in rows if row["strategy"] in ("bo_only", "hybrid")
+           and row["guided"] < MIN_GUIDED]
     if few:
         parts += ["", f"Note: {', '.join(few)} had fewer than {MIN_GUIDED} model-guided trials on average; "
                       "their search was mostly random (raise budget_s or lower startup_trials)."]
