@@ -119,3 +119,13 @@ def test_the_old_train_and_val_examples_stay_when_the_selection_split_is_off(fra
         assert _ids(data.val) == {int(i) for i in order[:100]} and data.selection is None
     else:
         assert len(data.val) == math.ceil(0.5 * (POOL - 40)) and len(data.selection) == 40
+
+
+def test_a_sweep_cannot_search_the_selection_split_that_judges_it():
+    from hybrid_hpo.errors import ConfigError
+    from hybrid_hpo.tune.spec import validate_spec
+
+    with pytest.raises(ConfigError, match="search: selection_fraction cannot be searched: the selection split judges"):
+        validate_spec({"search": {"selection_fraction": {"type": "uniform", "low": 0.1, "high": 0.3}}})
+    assert validate_spec({"task": {"selection_fraction": 0.3}, "search": {"inner_lr": {
+        "type": "loguniform", "low": 0.01, "high": 0.1}}}).metric == "sel_loss"

@@ -179,6 +179,14 @@ class SweepSpec(BaseModel):
                                      f"({self.search[key].model_dump(exclude={'type'})}); widen the range or change it")
         return self
 
+    @field_validator("search")
+    @classmethod
+    def _one_judge(cls, value: dict) -> dict:
+        if "selection_fraction" in value:
+            raise ValueError("selection_fraction cannot be searched: the selection split judges every trial, so all "
+                             "trials share it; fix it in task (e.g. selection_fraction: 0.2)")
+        return value
+
     @model_validator(mode="after")
     def _pbt_mutates_meta_settings_only(self) -> "SweepSpec":
         from hybrid_hpo.tune.pbt import MUTABLE, check_mutable
