@@ -2,8 +2,9 @@
 
 Selection split: ``task.selection`` as given; else, with ``selection_fraction`` s > 0, the first
 ceil(s · N) positions of a permutation of its own (``torch.Generator`` seeded from ``config.seed``
-by a stream other than the train/val one) of the pool it comes from — ``task.data`` without an explicit ``task.val``,
-else ``task.val`` — so for one seed it is the same examples whatever ``val_fraction``.
+by a stream other than the train/val one) of the pool it comes from — ``task.data`` without an
+explicit ``task.val``, else ``task.val`` — so for one seed it is the same examples whatever
+``val_fraction``.
 
 Without an explicit ``task.val``, the rest of the pool (N' positions, in their original order) is
 split by a seeded permutation (``torch.Generator`` seeded with ``config.seed``): the first
@@ -42,7 +43,7 @@ _PROBE_SIZE = 2
 
 
 def make_splits(task: Task, config: RunConfig, device: torch.device) -> DataSplits:
-    """train / val / test of ``task`` on ``device`` (module docstring); ``task.model`` must
+    """train / val / selection / test of ``task`` on ``device`` (module docstring); ``task.model`` must
     already be on ``device`` (it runs once on a probe batch)."""
     carved = task.val if task.val is not None else task.data  # where a selection split comes from
     rest, selection = _selection_positions(len(carved), config) if task.selection is None else (None, None)
