@@ -74,7 +74,11 @@ def test_paired_test_drops_unpaired_seeds_and_handles_constant_and_single_differ
     from hybrid_hpo.compare.stats import paired_test
 
     dropped = paired_test("a", "b", [1.5, math.nan, 2.5, 3.5], [1.0, 0.5, 2.0, 3.0], higher_is_better=True)
-    assert dropped.n == 3 and dropped.mean == 0.5 and dropped.verdict == "win" and dropped.p == 0.0
+    # identical differences: no spread, t = inf; p from the sign test, 2 · 0.5³
+    assert dropped.n == 3 and dropped.mean == 0.5 and dropped.t == math.inf and dropped.p == 0.25
+    assert dropped.verdict == "tie" and dropped.low == dropped.high == 0.5
+    six = paired_test("a", "b", [0.9] * 6, [0.8] * 6, higher_is_better=True)
+    assert six.p == 2 * 0.5 ** 6 and six.verdict == "win"
     same = paired_test("a", "b", [0.5, 0.6], [0.5, 0.6], higher_is_better=True)
     assert same.t == 0.0 and same.p == 1.0 and same.verdict == "tie"
     single = paired_test("a", "b", [0.5, math.nan], [0.4, 0.4], higher_is_better=True)

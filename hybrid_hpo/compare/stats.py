@@ -10,8 +10,12 @@ test metric, over the n seeds where both strategies delivered a finite value:
 
 Verdict at the 5 % level, from A's side and in the metric's direction (higher is better for
 accuracies, lower for losses): "win" when p < 0.05 and A is better on average, "loss" when p < 0.05
-and A is worse, else "tie"; fewer than 2 paired seeds give "n/a". With identical differences
-(s_d = 0) t is ±inf and p = 0 unless d̄ = 0 (then t = 0, p = 1).
+and A is worse, else "tie"; fewer than 2 paired seeds give "n/a".
+
+Identical differences (s_d = 0, common with accuracies on a small test set: a difference is a
+multiple of 1/N_test) leave the t-test undefined (t = ±inf). Then p is the exact two-sided sign
+test's, 2 · 0.5ⁿ (all n differences share a sign), so 2 seeds that agree give p = 0.5 and it takes
+6 to reach p < 0.05; the interval is the single value d̄. All differences 0: t = 0, p = 1.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def paired_test(a: str, b: str, values_a: Sequence[float], values_b: Sequence[fl
     se = sd / math.sqrt(n)
     if se == 0.0:
         t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-        p = 1.0 if mean == 0.0 else 0.0
+        p = 1.0 if mean == 0.0 else min(1.0, 2.0 * 0.5 ** n)  # the sign test (module docstring)
     else:
         t = mean / se
         p = float(2.0 * stats.t.sf(abs(t), n - 1))

@@ -130,7 +130,7 @@ def pairs_table(pairs: Sequence[Paired], spec: CompareSpec) -> str:
     for pair in pairs:
         lines.append(f"| {SHORT[pair.a]} vs {SHORT[pair.b]} | {pair.n} | {_format(scale * pair.mean, digits)} "
                      f"| [{_format(scale * pair.low, digits)}, {_format(scale * pair.high, digits)}] "
-                     f"| {_format(pair.t, 2)} | {_format(pair.p, 3)} | {pair.verdict} |")
+                     f"| {pair.t:.2f} | {_format(pair.p, 3)} | {pair.verdict} |")
     return "\n".join(lines)
 
 
