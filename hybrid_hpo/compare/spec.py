@@ -182,7 +182,7 @@ def with_changes(spec: CompareSpec, source: str, *, task: dict[str, Any] | None 
     ``warm_start`` both searches warm-started. Without changes, ``spec`` itself."""
     if not task and budget_s is None and seeds is None and not warm_start:
         return spec
-    raw = spec.model_dump(exclude_none=True, mode="json")
+    raw = spec.model_dump(exclude_none=True, exclude_unset=True, mode="json")  # as written, not the defaults
     raw["task"] = {**spec.task, **(task or {})}
     raw.update({key: value for key, value in (("budget_s", budget_s), ("seeds", seeds)) if value is not None})
     for strategy in SEARCHED if warm_start else ():
@@ -195,6 +195,10 @@ def _check_strategy(spec: CompareSpec, strategy: str, source: str) -> None:
     from hybrid_hpo.hyper import FAMILIES
 
     chosen = spec.strategies[strategy]
+    misplaced = sorted({"population", "pbt"} & chosen.model_fields_set) if strategy != "pbt" else []
+    if misplaced:
+        raise ConfigError(f"{source}: strategies.{strategy}.{misplaced[0]}: only the pbt strategy has a "
+                          f"{misplaced[0]}; remove it or move it to strategies.pbt")
     if strategy in SEARCHED and not chosen.search:
         raise ConfigError(f"{source}: strategies.{strategy}.search: is empty; {strategy} searches at least one "
                           "setting, e.g. inner_lr: {type: loguniform, low: 1.0e-2, high: 0.3}")
