@@ -24,8 +24,8 @@ from pathlib import Path
 from hybrid_hpo.compare.comparison import compare
 from hybrid_hpo.compare.plots import plot_importances, plot_test_vs_time
 from hybrid_hpo.compare.run import StrategyRun
-from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec, load_compare_spec, validate_compare_spec, with_changes
-from hybrid_hpo.compare.summary import LABELS, final_incumbent, incumbent_at, incumbents
+from hybrid_hpo.compare.spec import CompareSpec, load_compare_spec, validate_compare_spec, with_changes
+from hybrid_hpo.compare.summary import LABELS, final_incumbent, incumbent_at, incumbents, strategies
 
 FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -83,7 +83,7 @@ def anytime_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     """Mean over seeds of each strategy's test metric at fractions of the budget."""
     lines = [f"| {spec.report} (%) at | " + " | ".join(f"{f:.0%} of {spec.budget_s:g} s" for f in FRACTIONS) + " |",
              "|---|" + "---|" * len(FRACTIONS)]
-    for strategy in STRATEGIES:
+    for strategy in strategies(spec):
         chains = [incumbents(r.records, spec.metric, spec.mode, spec.budget_s) for r in runs if r.strategy == strategy]
         cells = []
         for fraction in FRACTIONS:

@@ -92,7 +92,7 @@ def main() -> None:
     search = make_search(
         {"inner_lr": LogUniform(low=1e-3, high=0.1), "hyper_lr": LogUniform(low=1e-3, high=0.1),
          "hidden": IntRange(low=16, high=256)},  # the factory builds the network this wide
-        metric="val_loss", mode="min", storage=f"sqlite:///{RESULTS}/optuna.sqlite3", seed=0,
+        metric="sel_loss_best", mode="min", storage=f"sqlite:///{RESULTS}/optuna.sqlite3", seed=0,
         n_startup_trials=3, results_dir=RESULTS,
     )
     analysis = tune.run(
@@ -100,13 +100,13 @@ def main() -> None:
         config={"family": "weight_decay", "granularity": "per_weight", "epochs": 30, "batch_size": 64,
                 "inner_steps": 2, "val_fraction": 0.3, "device": "cpu"},
         search_alg=tune.search.ConcurrencyLimiter(search, max_concurrent=2),
-        num_samples=6, metric="val_loss", mode="min", resources_per_trial={"cpu": 1},
+        num_samples=6, metric="sel_loss_best", mode="min", resources_per_trial={"cpu": 1},
         storage_path=str(RESULTS), name="tune", verbose=0,
     )
     ray.shutdown()
     print(f"{'trial':>12}  {'inner_lr':>8}  {'hyper_lr':>8}  {'width':>5}  {'val_loss':>8}  {'val_mae':>7}  "
           f"{'test_loss':>9}  {'test_mae':>8}")
-    for trial in sorted(analysis.trials, key=lambda t: t.last_result.get("val_loss", float("inf"))):
+    for trial in sorted(analysis.trials, key=lambda t: t.last_result.get("sel_loss_best", float("inf"))):
         r, c = trial.last_result, trial.config
         print(f"{trial.trial_id:>12}  {c['inner_lr']:8.4f}  {c['hyper_lr']:8.4f}  {c['hidden']:>5}  "
               f"{r['val_loss']:8.4f}  {r['val_mae']:7.4f}  {r['test_loss']:9.4f}  {r['test_mae']:8.4f}")

@@ -25,7 +25,7 @@ def main() -> None:
             "hyper_lr": tune.loguniform(1e-3, 1e-1),  # Ray Tune domains work too
             "solver.terms": IntRange(low=1, high=8),  # a solver option, by its dotted name
         },
-        metric="val_loss",
+        metric="sel_loss_best",
         mode="min",
         storage=f"sqlite:///{RESULTS}/optuna.sqlite3",
         seed=0,
@@ -41,7 +41,7 @@ def main() -> None:
         },
         search_alg=ConcurrencyLimiter(search, max_concurrent=2),
         num_samples=6,
-        metric="val_loss",
+        metric="sel_loss_best",
         mode="min",
         resources_per_trial={"cpu": 1},
         storage_path=str(RESULTS),

@@ -20,7 +20,7 @@ def main() -> None:
             "val_fraction": Uniform(low=0.2, high=0.6),
             "inner_optimizer": Choice(values=["momentum", "adam"]),
         },
-        metric="val_loss",
+        metric="sel_loss_best",
         mode="min",
         sampler="gp",
         seed=0,
@@ -34,7 +34,7 @@ def main() -> None:
             "solver": "neumann", "hyper_lr": 0.03, "inner_steps": 5, "epochs": 10,
         },
         tune_config=tune.TuneConfig(search_alg=search, num_samples=6, max_concurrent_trials=2,
-                                    metric="val_loss", mode="min", reuse_actors=True),
+                                    metric="sel_loss_best", mode="min", reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(RESULTS), name="tune", verbose=1),
     )
     best = tuner.fit().get_best_result()

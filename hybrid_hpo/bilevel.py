@@ -23,7 +23,8 @@ same batches and the same metrics for the same seed.
 Metrics (one dict per epoch; losses are the task's mean loss without any penalty, measured on the
 full splits in eval mode after the epoch): epoch, <split>_loss and <split>_<metric> for each of
 the task's metrics (default: acc) and, for classification, <split>_balanced_acc, with split in
-train / val / test (test only when the task has a test set), hypergrad_norm
+train / val / sel / test (sel only with a selection split, see ``selection_fraction``; test only
+when the task has a test set), hypergrad_norm
 (mean L2 norm of the accepted hypergradients of the epoch), solver_residual (mean relative residual
 of the linear solves, NaN for solvers without one), solver_diverged_steps, rejected_hyper_steps (a
 non-finite hypergradient, or a diverged solve under ``diverged_policy: reject``, the default),
@@ -275,7 +276,10 @@ class BilevelTrainer:
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a :meth:`state_dict` into a trainer built from the same config; training then
-        continues exactly as the saved trainer would have (bit for bit on CPU)."""
+        continues exactly as the saved trainer would have (bit for bit on CPU). Built from another
+        config (population-based training: the same task and family, other meta-settings), the
+        weights, λ, optimizer moments and counters are the saved ones and the learning rates this
+        trainer's ``inner_lr`` / ``hyper_lr``."""
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"unsupported trainer state format {state.get('format')!r}; expected {_STATE_FORMAT}")
         self.model.load_state_dict(state["model"])
@@ -283,6 +287,9 @@ class BilevelTrainer:
         self.inner_optimizer.load_state_dict(state["inner_optimizer"])
         if self.hyper_optimizer is not None:
             self.hyper_optimizer.load_state_dict(state["hyper_optimizer"])
+        for optimizer, lr in ((self.inner_optimizer, self.config.inner_lr), (self.hyper_optimizer, self.config.hyper_lr)):
+            for group in optimizer.param_groups if optimizer is not None else ():
+                group["lr"] = lr  # load_state_dict restored the saved run's
         self.generator.set_state(state["generator"].cpu())
         self.epoch = int(state["epoch"])
         self.inner_step_count = int(state["inner_step_count"])

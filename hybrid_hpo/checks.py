@@ -103,7 +103,7 @@ def check_data_split(config, field_prefix: str = "") -> None:
     try:
         load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed, root=config.data_root,
                      download=config.download, train_size=config.train_size, val_size=config.val_size,
-                     imbalance=config.imbalance)
+                     imbalance=config.imbalance, selection_fraction=config.selection_fraction)
     except ConfigError as error:
         raise ConfigError(f"{field_prefix}{error}") from None
 

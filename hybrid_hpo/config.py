@@ -126,6 +126,7 @@ class RunConfig:
     hyper_lr: float = setting(0.03, "learning rate of the hyperparameters λ", Range(0, open_low=True))
     hyper_optimizer: str = setting("adam", "optimizer of the hyperparameters λ", OneOf(OPTIMIZERS))
     val_fraction: float = setting(0.5, "validation share of the non-test data (L_V)", Range(0, 1, open_low=True, open_high=True))
+    selection_fraction: float = setting(0.2, "held-out share of the non-test data on which the outer search and the pick compare trials (sel_*; 0: none, they read val_*)", Range(0, 1, open_high=True))
     inner_steps: int = setting(2, "weight steps per hyper step", Range(1, integer=True))
     epochs: int = setting(100, "passes over the training split", Range(1, integer=True))
     batch_size: int = setting(64, "mini-batch size", Range(1, integer=True))

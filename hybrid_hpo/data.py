@@ -25,8 +25,14 @@ n_c = round(n_max · r^(-c/(C-1))) examples of class c = 0..C-1 (a seeded random
 the smallest class count of the balanced train split, so class 0 keeps n_max and class C-1 about
 n_max/r (the long-tailed profile of Cui et al. 2019). Validation and test stay balanced.
 
-Validation is carved out of the training pool: a stratified, ``seed``-dependent fraction
+Selection (``selection_fraction`` > 0): first, a stratified share ``selection_fraction`` of the
+non-test pool is set aside as the *selection* split, drawn with its own ``seed``-dependent RNG, so
+for a given seed it is the same examples whatever ``val_fraction``, the sizes or ``imbalance``. Only
+the outer search and the pick read it (``sel_*`` metrics); weights and λ never see it.
+Validation is then carved out of the rest: a stratified, ``seed``-dependent fraction
 ``val_fraction``; ``train_size`` / ``val_size`` then keep a (stratified where possible) subset.
+With ``selection_fraction`` 0 there is no selection split and train / val are exactly those of
+earlier versions.
 Pixel values are in [0, 1] (mnist1d is standardised by its generator).
 """
 
@@ -52,6 +58,7 @@ DEFAULT_ROOT = os.path.join(os.path.expanduser("~"), ".cache", "hybrid_hpo", "da
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0  # fixed: the digits test split never depends on the run's seed
 _TEXT_TEST_FRACTION = 0.1  # the last windows of the corpus
+_SELECTION_STREAM = 1  # the selection split's RNG is seeded with (seed, this): independent of the train/val RNG
 
 # name -> (torchvision class name, folder torchvision expects under root, input_shape, num_classes)
 _TORCHVISION = {
@@ -64,10 +71,12 @@ _TORCHVISION = {
 
 def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | None = None,
                  download: bool = False, train_size: int | None = None,
-                 val_size: int | None = None, imbalance: float | None = None) -> DataSplits:
+                 val_size: int | None = None, imbalance: float | None = None,
+                 selection_fraction: float = 0.0) -> DataSplits:
     """Load ``name`` (one of :data:`DATASETS`) and split it.
 
-    The training pool (all non-test examples) is split into val (``val_fraction`` of it, stratified,
+    The pool (all non-test examples) first loses the selection split (``selection_fraction`` of it,
+    stratified, seeded by ``seed`` through an RNG of its own; none for 0); the rest is split into val (``val_fraction`` of it, stratified,
     seeded by ``seed``) and train (the rest); ``train_size`` / ``val_size`` optionally keep only that
     many of each; ``imbalance`` (a ratio r >= 1, None for none) then thins the train split's classes
     exponentially down to 1/r (module docstring). The test split never depends on ``seed``,
@@ -90,6 +99,10 @@ def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | N
                           "e.g. 50, or leave it unset (None) for balanced classes")
     if imbalance is not None and name == "text":
         raise ConfigError("imbalance: the text dataset has no classes to thin; leave imbalance unset")
+    if isinstance(selection_fraction, bool) or not isinstance(selection_fraction, numbers.Real) \
+            or not 0.0 <= float(selection_fraction) < 1.0:
+        raise ConfigError(f"selection_fraction: got {selection_fraction!r}; use a number in [0, 1), e.g. 0.2 "
+                          "(0: no selection split)")
 
     if name == "digits":
         x, y, test_x, test_y, input_shape, num_classes = _digits()
@@ -100,12 +113,19 @@ def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | N
     else:
         x, y, test_x, test_y, input_shape, num_classes = _torchvision(name, root, download)
 
-    n_val = int(np.ceil(float(val_fraction) * len(y)))
-    if n_val >= len(y):
-        raise ConfigError(f"val_fraction: {val_fraction} leaves no training examples out of {len(y)}; "
+    pool, selection_idx = np.arange(len(y)), None
+    n_selection = int(np.ceil(float(selection_fraction) * len(y)))
+    if n_selection >= len(y):
+        raise ConfigError(f"selection_fraction: {selection_fraction} leaves no examples to train on out of "
+                          f"{len(y)}; use a smaller value, e.g. 0.2")
+    if n_selection:
+        pool, selection_idx = _stratified_split(pool, y, n_selection, np.random.RandomState([seed, _SELECTION_STREAM]))
+    n_val = int(np.ceil(float(val_fraction) * len(pool)))
+    if n_val >= len(pool):
+        raise ConfigError(f"val_fraction: {val_fraction} leaves no training examples out of {len(pool)}; "
                           "use a smaller value, e.g. 0.2")
     rng = np.random.RandomState(seed)
-    train_idx, val_idx = _stratified_split(np.arange(len(y)), y, n_val, rng)
+    train_idx, val_idx = _stratified_split(pool, y, n_val, rng)
     train_idx = _subset(train_idx, y, train_size, "train_size", rng)
     val_idx = _subset(val_idx, y, val_size, "val_size", rng)
     if imbalance is not None:
@@ -114,6 +134,7 @@ def load_dataset(name: str, *, val_fraction: float, seed: int = 0, root: str | N
         train=_take(x, y, train_idx), val=_take(x, y, val_idx),
         test=Split(_as_tensor(test_x), torch.tensor(test_y, dtype=torch.int64)),
         num_classes=num_classes, input_shape=input_shape, name=name,
+        selection=None if selection_idx is None else _take(x, y, selection_idx),
     )
 
 

@@ -13,7 +13,8 @@ give the same batches, in the same order, for the same seed — and so identical
   steps' draws) are read in the calling process.
 
 Positions are what per-example hyperparameters are indexed by (``reweight``: λ_i of training
-example i). :class:`DataSplits` bundles train / val / test (test may be None: no test metrics).
+example i). :class:`DataSplits` bundles train / val / test (test may be None: no test metrics) and
+the optional selection split (``sel``: read by the outer search and the pick only).
 """
 from __future__ import annotations
 
@@ -112,6 +113,8 @@ class DataSplits:
 
     num_classes: C for classification tasks, None otherwise (regression, ...).
     input_shape: the shape of one input x. test: None when the task has no test set.
+    selection: held-out examples that neither the weights (train) nor λ (val) ever see; the outer
+    search and the pick compare trials on them (metrics ``sel_*``). None: no selection split.
     """
 
     train: Split | DatasetSplit
@@ -120,8 +123,10 @@ class DataSplits:
     num_classes: int | None
     input_shape: tuple[int, ...]
     name: str
+    selection: Split | DatasetSplit | None = None
 
     def evaluated(self) -> tuple[tuple[str, Split | DatasetSplit], ...]:
-        """(prefix, split) for the splits that metrics are reported on: train, val and test if present."""
-        named = (("train", self.train), ("val", self.val), ("test", self.test))
+        """(prefix, split) for the splits that metrics are reported on: train, val, sel (the
+        selection split) and test, each if present."""
+        named = (("train", self.train), ("val", self.val), ("sel", self.selection), ("test", self.test))
         return tuple((name, split) for name, split in named if split is not None)

@@ -1,5 +1,6 @@
 """`hybrid-hpo compare` for real: Ray Tune + Optuna sweeps (shared Ray instance, real SQLite), the
-in-process IFT run, the table, the plots and the studies.
+one-trial IFT run, the table, the paired tests, the plots and the studies; the same torch threads
+for every strategy and a searcher told exactly what the pick uses.
 
 No assertion depends on the machine's speed: the budget is one no machine reaches (each sweep is
 capped at MAX_TRIALS trials instead), and the budget's own effect is tested with one every machine
@@ -35,6 +36,8 @@ SPEC = {
         "hybrid": {"settings": {"family": "weight_decay"}, "startup_trials": 2, "warm_start": True,
                    "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1},
                               "solver.terms": {"type": "int", "low": 1, "high": 6}}},
+        "pbt": {"settings": {"family": "weight_decay"}, "population": 2, "pbt": {"perturbation_interval": 2},
+                "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1}}},
     },
 }
 
@@ -50,20 +53,28 @@ def test_compare_runs_three_strategies_and_writes_a_finite_table(ray_session, tm
     printed = capsys.readouterr().out
     assert code == 0, printed[-3000:]
 
-    table = [line for line in printed.splitlines() if line.startswith(("| BO-only", "| IFT", "| Hybrid"))]
-    assert len(table) == 3 and all("nan" not in line for line in table), table
-    assert (out / "table.md").read_text().splitlines()[2:] == table  # header, separator, the same 3 rows
+    table = [line for line in printed.splitlines() if line.startswith(("| BO-only (", "| IFT with", "| Hybrid (", "| PBT ("))]
+    assert len(table) == 4 and all("nan" not in line for line in table), table
+    assert (out / "table.md").read_text().splitlines()[2:6] == table  # header, separator, the same 4 rows
 
     saved = json.loads((out / "compare.json").read_text())
     rows = {row["strategy"]: row for row in saved["rows"]}
-    assert list(rows) == ["bo_only", "ift_defaults", "hybrid"]
+    assert list(rows) == ["bo_only", "ift_defaults", "hybrid", "pbt"]
     for row in rows.values():
-        assert row["seeds"] == 1 and 0.0 < row["test_acc_mean"] <= 1.0 and math.isfinite(row["val_loss_mean"])
+        assert row["seeds"] == 1 and 0.0 < row["test_acc_mean"] <= 1.0 and math.isfinite(row["sel_loss_mean"])
         assert row["wall_s"] > 0 and row["epochs"] >= 1
     runs = {run["strategy"]: run for run in saved["runs"]}
-    assert all(run["seed"] == 3 for run in runs.values())
+    assert all(run["seed"] == 3 and len(run["load"]) == 2 for run in runs.values())
+    assert saved["seeds"] == [3] and saved["budget_s"] == BUDGET_S and len(saved["machine"]["load_start"]) == 3
+    assert [(p["a"], p["b"], p["verdict"]) for p in saved["pairs"]] == [
+        ("pbt", "hybrid", "n/a"), ("pbt", "ift_defaults", "n/a"), ("pbt", "bo_only", "n/a"),
+        ("hybrid", "ift_defaults", "n/a"), ("hybrid", "bo_only", "n/a"), ("ift_defaults", "bo_only", "n/a")]
+    assert runs["pbt"]["trials"] == 2 and runs["pbt"]["guided"] == 0  # PBT's population, no sampler model
     assert runs["ift_defaults"]["trials"] == 1 and runs["ift_defaults"]["study_name"] is None
     assert len(runs["ift_defaults"]["records"]) == SPEC["task"]["epochs"]
+    # one process kind and thread count for all: every epoch of every strategy ran in a Ray actor
+    # with resources.cpu (1) torch threads (the driver has more: the IFT run used to run there)
+    assert {r["torch_threads"] for run in runs.values() for r in run["records"]} == {1.0}
 
     url = f"sqlite:///{out}/optuna.sqlite3"
     for strategy in ("bo_only", "hybrid"):
@@ -77,8 +88,13 @@ def test_compare_runs_three_strategies_and_writes_a_finite_table(ray_session, tm
         if strategy == "hybrid":  # warm start: the first trial runs RunConfig's defaults
             assert study.trials[0].params == {"hyper_lr": 0.03, "solver.terms": 5}
         assert all(t.state == TrialState.COMPLETE and "test_acc" in t.user_attrs for t in study.trials)
-        best = min((r for r in run["records"] if math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
-        assert rows[strategy]["test_acc_mean"] == best["test_acc"]  # the pick is the best validation record
+        # the searcher is told each trial's best epoch on the selection split, the rule the pick uses
+        for trial in study.trials:
+            epochs = [r["sel_loss"] for r in run["records"] if r["trial"] == trial.user_attrs["ray_trial_id"]]
+            assert trial.value == min(epochs)
+        best = min((r for r in run["records"] if math.isfinite(r["sel_loss"])), key=lambda r: r["sel_loss"])
+        assert best["sel_loss"] == study.best_value
+        assert rows[strategy]["test_acc_mean"] == best["test_acc"]  # the pick is the best selection record
 
     assert (out / "test_vs_time.png").stat().st_size > 10_000
     assert saved["importances"] and set(saved["importances"]) <= set(SPEC["strategies"]["hybrid"]["search"])

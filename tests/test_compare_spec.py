@@ -36,8 +36,9 @@ def _with(path: str, value):
 @pytest.mark.parametrize("path", sorted(SEARCHES.glob("compare_*.yaml")), ids=lambda p: p.name)
 def test_shipped_comparisons_load_with_three_sweepable_strategies(path):
     spec = load_compare_spec(path)
-    assert spec.name == path.stem.replace("_", "-") and len(spec.seeds) >= 3 and spec.budget_s > 0
-    for strategy in ("bo_only", "hybrid"):
+    assert spec.name == path.stem.replace("_", "-") and len(spec.seeds) >= 5 and spec.budget_s > 0
+    assert spec.sweep_spec("pbt", seed=2).scheduler == "pbt"  # every shipped comparison has a PBT strategy
+    for strategy in ("bo_only", "hybrid", "pbt"):
         sweep = spec.sweep_spec(strategy, seed=2)
         assert sweep.time_budget_s == spec.budget_s and sweep.task["seed"] == 2 and sweep.seed == 2
         assert {k: v for k, v in sweep.task.items() if k in spec.task} == spec.task  # same data split
@@ -54,6 +55,7 @@ def test_shipped_comparisons_load_with_three_sweepable_strategies(path):
     ("strategies.ift_defaults.search", {"inner_lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
      "strategies.ift_defaults.search: ift_defaults is one run"),
     ("strategies.hybrid.search", {}, "strategies.hybrid.search: is empty"),
+    ("strategies.hybrid.population", 4, "strategies.hybrid.population: only the pbt strategy has a population"),
     ("strategies.hybrid.settingz", {}, "strategies.hybrid.settingz: unknown key; did you mean 'settings'?"),
     ("strategies.hybrid.search.hyper_lr.hi", 1, "strategies.hybrid.search.hyper_lr.hi: unknown key; did you mean 'high'?"),
     ("strategies.hybrid.search.hyper_lr.low", -1.0, "strategies.hybrid.search.hyper_lr"),

@@ -189,8 +189,11 @@ def test_hypergradient_on_cuda_equals_cpu(name):
 
 # ------------------------------------------------------------ BilevelTrainer and its checkpoint
 
-RUN = dict(dataset="digits", model="mlp", hidden=[32], batch_size=64, inner_steps=3, epochs=2, seed=5, **{"solver.terms": 3})
-METRICS = ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc", "hypergrad_norm")
+# seed 6: no diverged (rejected) hyper step in either epoch on this split (with the default selection
+# split, seed 5 has one; a rejected step is tested elsewhere)
+RUN = dict(dataset="digits", model="mlp", hidden=[32], batch_size=64, inner_steps=3, epochs=2, seed=6, **{"solver.terms": 3})
+METRICS = ("train_loss", "val_loss", "sel_loss", "test_loss", "train_acc", "val_acc", "sel_acc", "test_acc",
+           "hypergrad_norm")
 
 
 def trainer_on(device: str) -> BilevelTrainer:

@@ -100,8 +100,8 @@ def test_killed_trial_process_resumes_from_its_checkpoint_and_is_told_once(ray_s
     study = _study(results)
     assert len(study.trials) == 2 and {t.state for t in study.trials} == {TrialState.COMPLETE}
     (trial,) = [t for t in study.trials if t.user_attrs["ray_trial_id"] == victim]
-    assert trial.value == lines[-1]["val_loss"]
-    assert trial.intermediate_values == {r["epoch"]: r["val_loss"] for r in lines}
+    assert trial.value == lines[-1]["sel_loss_best"]
+    assert trial.intermediate_values == {r["epoch"]: r["sel_loss_best"] for r in lines}
     assert trial.user_attrs["test_acc"] == lines[-1]["test_acc"]
 
     # the right values: an uninterrupted run of the same config ends bit-identically
@@ -180,7 +180,7 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating_trials(ray_sessi
     assert len(ray_ids) == len(set(ray_ids))  # no trial twice in the study
     assert sorted(t.user_attrs["ray_trial_id"] for t in complete) == sorted(histories)
     for trial in complete:
-        assert trial.value == histories[trial.user_attrs["ray_trial_id"]][-1]["val_loss"]
+        assert trial.value == histories[trial.user_attrs["ray_trial_id"]][-1]["sel_loss_best"]
     # an Optuna trial asked for after Ray's last snapshot never ran: FAIL, saying why
     for trial in study.trials:
         if trial.state != TrialState.COMPLETE:
@@ -209,9 +209,9 @@ def test_non_finite_hypergradient_fails_only_its_trial(ray_session, tmp_path, ca
         rejected = sum(r["rejected_hyper_steps"] for r in histories[trial.user_attrs["ray_trial_id"]])
         assert rejected >= 1  # the non-finite hyper steps were rejected, not applied
         if trial.state == TrialState.FAIL:  # the weights went non-finite as well
-            assert trial.user_attrs["end_reason"] == f"val_loss is {last['val_loss']}"
+            assert trial.user_attrs["end_reason"] == f"sel_loss_best is {last['sel_loss_best']}"
         else:
-            assert trial.state == TrialState.COMPLETE and trial.value == last["val_loss"]
+            assert trial.state == TrialState.COMPLETE and trial.value == last["sel_loss_best"]
         assert last["training_iteration"] == 2  # it ran to its budget, it did not crash
 
 

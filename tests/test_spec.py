@@ -73,7 +73,7 @@ def test_resume_without_a_previous_sweep_exit_2(tmp_path, monkeypatch, capsys):
                          ids=lambda p: p.name)
 def test_shipped_specs_are_valid(path):
     spec = load_spec(path)
-    objective = ("val_mae", "min") if path.name == "own_task.yaml" else ("val_loss", "min")  # own task: its metric
+    objective = ("sel_mae", "min") if path.name == "own_task.yaml" else ("sel_loss", "min")  # own task: its metric
     assert spec.search and spec.num_trials >= 1 and (spec.metric, spec.mode) == objective
 
 

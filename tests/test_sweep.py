@@ -40,16 +40,16 @@ def _quiet_optuna():
 def _check_study(storage_url: str, study_name: str, ray_results: dict[str, list[dict]]) -> None:
     """The study holds each Ray trial exactly once, COMPLETE, with every epoch and Ray's test metrics."""
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    assert study.metric_names == ["val_loss"]  # optuna-dashboard names the objective, not "Objective 0"
+    assert study.metric_names == ["sel_loss_best"]  # optuna-dashboard names the objective, not "Objective 0"
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     assert len(study.trials) == len(ray_results) == len(by_ray_id)
     assert set(by_ray_id) == set(ray_results)
     for ray_id, history in ray_results.items():
         trial, last = by_ray_id[ray_id], history[-1]
         assert trial.state == TrialState.COMPLETE
-        assert trial.intermediate_values == {r["training_iteration"]: r["val_loss"] for r in history}
+        assert trial.intermediate_values == {r["training_iteration"]: r["sel_loss_best"] for r in history}
         assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1))
-        assert trial.value == last["val_loss"]
+        assert trial.value == last["sel_loss_best"] == min(r["sel_loss"] for r in history)  # the trial's best epoch
         for key in ("test_acc", "test_loss", "val_acc", "hypergrad_norm"):
             assert trial.user_attrs[key] == last[key], key
         assert trial.params["inner_lr"] == last["config"]["inner_lr"]
@@ -78,8 +78,8 @@ def test_cli_sweep_records_every_trial_once(ray_session, tmp_path, capsys):
     _check_study(url, meta["study_name"], histories)
     first = optuna.load_study(study_name=meta["study_name"], storage=url).trials[0]
     assert first.params["inner_lr"] == 0.05 and 1e-3 <= first.params["hyper_lr"] <= 0.1
-    best = min(histories, key=lambda i: histories[i][-1]["val_loss"])
-    table = out[out.index("Best trials by val_loss"):].splitlines()
+    best = min(histories, key=lambda i: histories[i][-1]["sel_loss_best"])
+    table = out[out.index("Best trials by sel_loss_best"):].splitlines()
     assert table[2].split()[0] == best  # first row under the header is the best trial
 
 
@@ -87,7 +87,7 @@ def test_tune_run_with_make_search_records_every_trial_once(ray_session, tmp_pat
     from hybrid_hpo.tune import IFTTrainable, LogUniform, make_search
 
     url = f"sqlite:///{tmp_path}/study.db"
-    search = make_search({"inner_lr": LogUniform(low=1e-2, high=0.3)}, "val_loss", "min", storage=url, seed=1)
+    search = make_search({"inner_lr": LogUniform(low=1e-2, high=0.3)}, "sel_loss_best", "min", storage=url, seed=1)
     analysis = tune.run(IFTTrainable, config=dict(TINY), search_alg=search, num_samples=2, max_concurrent_trials=2,
                         resources_per_trial={"cpu": 1}, storage_path=str(tmp_path), name="run", verbose=0,
                         reuse_actors=True)

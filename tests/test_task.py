@@ -81,9 +81,12 @@ SMALL = {"hidden": [16], "epochs": 6, "batch_size": 32, "inner_lr": 0.05, "inner
 def test_user_model_data_loss_and_metric_train_through_bilevel_trainer():
     trainer = BilevelTrainer(RunConfig.from_mapping(SMALL), task=make_task)
     history = trainer.fit(progress=False)
-    assert trainer.metric_names() == ("train_loss", "train_mae", "val_loss", "val_mae", "test_loss", "test_mae")
+    assert trainer.metric_names() == ("train_loss", "train_mae", "val_loss", "val_mae", "sel_loss", "sel_mae",
+                                      "test_loss", "test_mae")
     assert not any(key.endswith("acc") for key in history[-1])
-    assert (len(trainer.data.train), len(trainer.data.val), len(trainer.data.test)) == (120, 40, 80)
+    # 160 = 32 selection (20 %, set aside first) + 32 val (25 % of the other 128) + 96 train
+    assert [len(s) for s in (trainer.data.train, trainer.data.val, trainer.data.selection, trainer.data.test)] \
+        == [96, 32, 32, 80]
     assert trainer.family.num_hparams == FEATURES * 16 + 16  # one decay per weight of both Linear layers
     assert history[-1]["val_loss"] < 0.5 * history[0]["val_loss"]
     assert history[-1]["hyper_steps"] > 0 and history[-1]["rejected_hyper_steps"] == 0
@@ -115,7 +118,7 @@ def _as_dataset_task(config: dict) -> Task:
     task = builtin_task(config)
     wrap = lambda d: PairDataset(*d.tensors)  # noqa: E731
     return Task(model=task.model, data=wrap(task.data), val=wrap(task.val), test=wrap(task.test),
-                num_classes=task.num_classes, name="digits-as-dataset")
+                selection=wrap(task.selection), num_classes=task.num_classes, name="digits-as-dataset")
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -130,9 +133,10 @@ def test_dataloader_path_gives_the_metrics_of_the_tensor_path(workers):
 
 def _builtin_history(overrides: dict) -> list[dict]:
     # diverged_policy "apply": what every run did when these numbers were recorded (today's default
-    # rejects the hyper steps of a diverged solve, a later and separate change)
+    # rejects the hyper steps of a diverged solve, a later and separate change); selection_fraction 0:
+    # no selection split, so train / val hold the examples they held then
     base = {"epochs": 2, "train_size": 200, "val_size": 200, "hidden": [32, 16], "device": "cpu", "seed": 3,
-            "diverged_policy": "apply"}
+            "diverged_policy": "apply", "selection_fraction": 0}
     return BilevelTrainer(RunConfig.from_mapping({**base, **overrides})).fit(progress=False)
 
 
@@ -194,7 +198,7 @@ def test_regression_hypergradient_with_per_example_mse_matches_finite_difference
 # ------------------------------------------------------------------------------ families on a user task
 def test_reweight_and_dropout_work_on_a_user_regression_task():
     reweight = BilevelTrainer(RunConfig.from_mapping({**SMALL, "epochs": 2, "family": "reweight"}), task=make_task)
-    assert reweight.family.num_hparams == 120  # one weight per training example
+    assert reweight.family.num_hparams == 96  # one weight per training example
     assert all(math.isfinite(m["val_loss"]) for m in reweight.fit(progress=False))
     dropout = BilevelTrainer(RunConfig.from_mapping({**SMALL, "epochs": 2, "family": "dropout"}), task=make_task)
     assert dropout.family.sites == {"drop.scale": (16,)} and dropout.family.num_hparams == 16
@@ -218,8 +222,9 @@ def _flat_classification(config: dict) -> Task:
     ({"family": "distill"}, make_task, "family: distill learns images per class and needs a classification task"),
     ({"family": "augment"}, _flat_classification, "family: augment needs task inputs shaped (channels, H, W)"),
     ({"imbalance": 10}, make_task, "imbalance: thins the built-in datasets only"),
-    ({"val_fraction": 0.999}, make_task, "val_fraction: 0.999 leaves no training example of the task's 160"),
-    ({"train_size": 500}, make_task, "train_size: 500 exceeds the 120 examples"),
+    ({"val_fraction": 0.999}, make_task, "val_fraction: 0.999 leaves no training example of the task's 128"),
+    ({"train_size": 500}, make_task, "train_size: 500 exceeds the 96 examples"),
+    ({"selection_fraction": 0.999}, make_task, "selection_fraction: 0.999 leaves nothing else of the task's 160"),
 ])
 def test_families_and_options_that_cannot_use_a_task_refuse_it_in_one_line(settings, task, message):
     with pytest.raises(ConfigError) as error:

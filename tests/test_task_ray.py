@@ -37,7 +37,7 @@ def _study_holds_test_metrics(search, results: list[dict]) -> None:
     assert len(study.trials) == len(results) == len(by_ray_id)
     for result in results:
         trial = by_ray_id[result["trial_id"]]
-        assert trial.state == TrialState.COMPLETE and trial.value == result["val_loss"]
+        assert trial.state == TrialState.COMPLETE and trial.value == result["sel_loss_best"]
         for key in ("test_mae", "test_loss", "val_mae"):
             assert trial.user_attrs[key] == result[key], key
 
@@ -47,7 +47,7 @@ def test_tune_run_with_a_task_factory_and_tuner_with_a_task_object(ray_session, 
     search = make_search({"inner_lr": LogUniform(low=1e-2, high=0.1), "hidden": IntRange(low=4, high=32)},
                          storage=storage, seed=0, n_startup_trials=2, results_dir=tmp_path)
     analysis = tune.run(tune.with_parameters(IFTTrainable, task=test_task.make_task), config=dict(FIXED),
-                        search_alg=search, num_samples=2, metric="val_loss", mode="min",
+                        search_alg=search, num_samples=2, metric="sel_loss_best", mode="min",
                         resources_per_trial={"cpu": 1}, storage_path=str(tmp_path / "run"), name="factory",
                         verbose=0, reuse_actors=True)
     results = [trial.last_result for trial in analysis.trials]
@@ -64,7 +64,7 @@ def test_tune_run_with_a_task_factory_and_tuner_with_a_task_object(ray_session, 
     search = make_search({"inner_lr": LogUniform(low=1e-2, high=0.1)}, storage=storage, seed=1,
                          n_startup_trials=2, results_dir=tmp_path)
     grid = tune.Tuner(tune.with_parameters(IFTTrainable, task=task), param_space={**FIXED, "hidden": [8]},
-                      tune_config=tune.TuneConfig(search_alg=search, num_samples=2, metric="val_loss", mode="min",
+                      tune_config=tune.TuneConfig(search_alg=search, num_samples=2, metric="sel_loss_best", mode="min",
                                                   reuse_actors=True),
                       run_config=tune.RunConfig(storage_path=str(tmp_path / "tuner"), name="object", verbose=0)).fit()
     results = [result.metrics for result in grid]

@@ -124,7 +124,7 @@ def test_bad_space_is_a_config_error(tmp_path, space, message):
 
 
 def test_make_search_refuses_a_test_metric_like_specs_do(tmp_path):
-    with pytest.raises(ConfigError, match="metric: test_acc would tune on the test set; use val_loss or val_acc"):
+    with pytest.raises(ConfigError, match="metric: test_acc would tune on the test set; use sel_loss_best or sel_acc_best"):
         make_search({"inner_lr": LogUniform(low=1e-2, high=0.3)}, metric="test_acc", mode="max",
                     storage=f"sqlite:///{tmp_path}/s.db")
     assert not (tmp_path / "s.db").exists()

@@ -3,8 +3,10 @@ results directory (what ``hybrid-hpo compare SPEC`` and ``examples/compare.py`` 
 
 Results directory (default ``results/<name>-<YYYYmmdd-HHMMSS>``)::
 
-    compare.json            the spec, every run's records (t, trial, epoch, metrics) and the table rows
-    table.md                the Markdown table printed at the end
+    compare.json            the spec, seeds and budget, the machine (CPUs, load averages at start and end;
+                            each run also records its 1-minute load before and after), every run's
+                            records (t, trial, epoch, metrics), the table rows and the paired tests
+    table.md                the Markdown tables printed at the end: strategies, paired differences
     test_vs_time.png        test metric of each strategy's pick versus wall time
     hybrid_importances.png  Optuna fANOVA importances of the hybrid's meta-settings
     optuna.sqlite3          every sweep's study (hybrid-hpo dashboard --storage sqlite:////...)
@@ -13,6 +15,7 @@ Results directory (default ``results/<name>-<YYYYmmdd-HHMMSS>``)::
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -49,7 +52,7 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
     run to stderr."""
     from hybrid_hpo.compare.plots import hybrid_importances, plot_importances, plot_test_vs_time
     from hybrid_hpo.compare.run import run_comparison, runs_as_json
-    from hybrid_hpo.compare.summary import final_incumbent, markdown_table, summary_rows
+    from hybrid_hpo.compare.summary import final_incumbent, paired_rows, report_markdown, summary_rows
     from hybrid_hpo.tune.urls import results_dir_storage
 
     def report(run) -> None:
@@ -59,14 +62,17 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
             print(f"[compare] seed {run.seed} {run.strategy}: {run.trials} trials, {run.wall_s:.0f} s, "
                   f"{spec.report} of the pick {shown}", file=sys.stderr, flush=True)
 
+    load_start = os.getloadavg()
     runs = run_comparison(spec, results_dir, address=address, on_run=report)
-    rows = summary_rows(runs, spec)
-    table = markdown_table(rows, spec)
+    rows, pairs = summary_rows(runs, spec), paired_rows(runs, spec)
+    table = report_markdown(rows, pairs, spec)
     plot_test_vs_time(runs, spec, results_dir / "test_vs_time.png")
     importances = hybrid_importances(runs, results_dir_storage(results_dir))
     plot_importances(importances, spec, results_dir / "hybrid_importances.png")
     (results_dir / "table.md").write_text(table + "\n")
     (results_dir / RESULTS_FILE).write_text(json.dumps(
-        {"spec": spec.model_dump(mode="json"), "rows": rows, "importances": importances,
+        {"spec": spec.model_dump(mode="json"), "seeds": spec.seeds, "budget_s": spec.budget_s,
+         "machine": {"cpus": os.cpu_count(), "load_start": list(load_start), "load_end": list(os.getloadavg())},
+         "rows": rows, "pairs": [pair.as_dict() for pair in pairs], "importances": importances,
          "runs": runs_as_json(runs)}, indent=1) + "\n")
-    return {"runs": runs, "rows": rows, "table": table}
+    return {"runs": runs, "rows": rows, "pairs": pairs, "table": table}

@@ -5,9 +5,10 @@ Layout (see searches/compare_digits_few.yaml)::
     name: compare-digits-few
     task: {dataset: digits, train_size: 100, val_size: 200, model: mlp, hidden: [512, 256]}
                                   # or {factory: "my_tasks.py:make_task"}: your own Task
-    seeds: [0, 1, 2]              # one replicate per seed: data split, init and sampler seed
+    seeds: [0, 1, 2, 3, 4]        # one replicate per seed (>= 5 for the paired test): split, init, sampler
     budget_s: 120                 # wall-clock seconds per strategy and seed
-    metric: val_loss              # how every strategy selects its model (validation only)
+    metric: sel_loss              # how every strategy selects its model: the selection split (held out
+                                  # from weights and λ; val_* when selection_fraction is 0)
     mode: min                     # needed only for a task's own metric (val_<name>)
     report: test_acc              # the test metric of the table (test_<name> for a task's own metric)
     max_concurrent: 2
@@ -16,11 +17,16 @@ Layout (see searches/compare_digits_few.yaml)::
       ift_defaults:  {settings: {family: weight_decay, granularity: per_weight, epochs: 60}}
       hybrid:        {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., solver.terms: ...},
                       warm_start: true}   # optional: first trial at the defaults = the ift_defaults run
+      pbt:           {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., solver.terms: ...},
+                      population: 4, pbt: {perturbation_interval: 5}}   # optional: population-based
+                                  # training over the meta-settings, inheriting weights and λ
 
 ``task`` holds the settings every strategy shares; it alone may set the data split (dataset,
 sizes, ``val_fraction``, ``imbalance``), so the three strategies train, select and are tested on
 the same examples. ``bo_only`` must use a family without λ (``fixed`` or ``fixed_augment``: no
-hypergradients), ``ift_defaults`` and ``hybrid`` one with λ; ``ift_defaults`` searches nothing.
+hypergradients), ``ift_defaults``, ``hybrid`` and ``pbt`` one with λ; ``ift_defaults`` searches
+nothing; ``pbt`` (optional) runs ``population`` trials side by side under Ray Tune's PBT
+(:mod:`hybrid_hpo.tune.pbt`): its space gives the first settings and the ranges of the perturbations.
 Each sweep strategy becomes a :class:`~hybrid_hpo.tune.spec.SweepSpec` checked by the sweep
 validator, so a bad key fails before anything runs, with a one-line ConfigError naming the field.
 """
@@ -35,14 +41,19 @@ from hybrid_hpo.config import RunConfig, field_names
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import Distribution
 from hybrid_hpo.tune.samplers import SamplerName
-from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Resources, SweepSpec, check_known_key, first_error,
+from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Pbt, Resources, SweepSpec, check_known_key, first_error,
                                   read_spec_file, setting_name, task_settings, validate_spec)
 
-STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
-SEARCHED: tuple[str, ...] = ("bo_only", "hybrid")
+STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid", "pbt")
+REQUIRED: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
+SEARCHED: tuple[str, ...] = ("bo_only", "hybrid", "pbt")
+"""``pbt`` (optional): population-based training over the meta-settings that inherits weights and λ."""
 SPLIT_KEYS: tuple[str, ...] = ("task", "dataset", "data_root", "download", "val_fraction", "train_size",
-                               "val_size", "imbalance", "seed")
+                               "val_size", "imbalance", "selection_fraction", "seed")
 """Settings that decide the examples of each split: only ``task`` sets them (``seed`` comes from ``seeds``)."""
+STARTUP_TRIALS = 5
+"""A search's random start-up trials unless its strategy says otherwise (TPE's own default, 10, would
+leave short budgets no model-guided trial; the table counts them)."""
 
 
 class Strategy(BaseModel):
@@ -56,6 +67,8 @@ class Strategy(BaseModel):
     sampler: SamplerName = "tpe"
     startup_trials: int | None = Field(default=None, ge=0)
     warm_start: bool = False
+    population: int = Field(default=4, ge=2)  # pbt: trials in the population
+    pbt: Pbt = Field(default_factory=Pbt)  # pbt: perturbation interval, quantile, resampling
 
 
 class CompareSpec(BaseModel):
@@ -64,20 +77,21 @@ class CompareSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     task: dict[str, Any] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     budget_s: float = Field(gt=0)
-    metric: str = "val_loss"
+    metric: str = "sel_loss"
     mode: Literal["min", "max"] | None = None
     report: str = Field(default="test_acc", pattern=r"^test_[a-z][a-z0-9_]*$")
     max_concurrent: int = Field(default=2, ge=1)
     resources: Resources = Field(default_factory=Resources)
-    strategies: dict[Literal["bo_only", "ift_defaults", "hybrid"], Strategy]
+    strategies: dict[Literal["bo_only", "ift_defaults", "hybrid", "pbt"], Strategy]
 
     @field_validator("metric")
     @classmethod
     def _validation_metric(cls, value: str) -> str:
-        if not value.startswith("val_") or not (value in OBJECTIVES or TASK_METRIC.fullmatch(value)):
-            raise ValueError(f"{value!r} cannot select models; use val_loss, val_acc or val_<name> of your task")
+        if not value.startswith(("sel_", "val_")) or not (value in OBJECTIVES or TASK_METRIC.fullmatch(value)):
+            raise ValueError(f"{value!r} cannot select models; use sel_loss, sel_acc or sel_<name> of your task "
+                             "(or val_*)")
         return value
 
     @model_validator(mode="after")
@@ -101,9 +115,9 @@ class CompareSpec(BaseModel):
     @field_validator("strategies")
     @classmethod
     def _all_three(cls, value: dict) -> dict:
-        missing = [name for name in STRATEGIES if name not in value]
+        missing = [name for name in REQUIRED if name not in value]
         if missing:
-            raise ValueError(f"{missing[0]} is missing; give all of {', '.join(STRATEGIES)}")
+            raise ValueError(f"{missing[0]} is missing; give all of {', '.join(REQUIRED)} (pbt is optional)")
         return value
 
     def run_settings(self, strategy: str, seed: int) -> dict[str, Any]:
@@ -115,10 +129,14 @@ class CompareSpec(BaseModel):
         chosen = self.strategies[strategy]
         raw = {"name": f"{self.name}-{strategy}-seed{seed}", "task": self.run_settings(strategy, seed),
                "search": dict(chosen.search), "sampler": chosen.sampler, "seed": seed,
-               "startup_trials": chosen.startup_trials, "num_trials": max_trials,
+               "startup_trials": STARTUP_TRIALS if chosen.startup_trials is None else chosen.startup_trials,
+               "num_trials": max_trials,
                "max_concurrent": self.max_concurrent, "resources": self.resources.model_dump(),
                "checkpoint_every": 0, "max_failures": 0, "time_budget_s": self.budget_s,
                "metric": self.metric, "mode": self.mode}
+        if strategy == "pbt":  # PBT, not TPE, picks the settings; same concurrency as the other searches
+            raw.update(scheduler="pbt", pbt=chosen.pbt.model_dump(), num_trials=chosen.population,
+                       startup_trials=None)
         if chosen.warm_start:
             defaults = RunConfig.from_mapping(self.run_settings(strategy, seed)).to_dict()
             raw["initial_points"] = [{key: defaults[key] for key in chosen.search}]
@@ -164,11 +182,12 @@ def with_changes(spec: CompareSpec, source: str, *, task: dict[str, Any] | None 
     ``warm_start`` both searches warm-started. Without changes, ``spec`` itself."""
     if not task and budget_s is None and seeds is None and not warm_start:
         return spec
-    raw = spec.model_dump(exclude_none=True, mode="json")
+    raw = spec.model_dump(exclude_none=True, exclude_unset=True, mode="json")  # as written, not the defaults
     raw["task"] = {**spec.task, **(task or {})}
     raw.update({key: value for key, value in (("budget_s", budget_s), ("seeds", seeds)) if value is not None})
     for strategy in SEARCHED if warm_start else ():
-        raw["strategies"][strategy]["warm_start"] = True
+        if strategy in raw["strategies"]:
+            raw["strategies"][strategy]["warm_start"] = True
     return validate_compare_spec(raw, source=source, default_name=spec.name)
 
 
@@ -176,6 +195,10 @@ def _check_strategy(spec: CompareSpec, strategy: str, source: str) -> None:
     from hybrid_hpo.hyper import FAMILIES
 
     chosen = spec.strategies[strategy]
+    misplaced = sorted({"population", "pbt"} & chosen.model_fields_set) if strategy != "pbt" else []
+    if misplaced:
+        raise ConfigError(f"{source}: strategies.{strategy}.{misplaced[0]}: only the pbt strategy has a "
+                          f"{misplaced[0]}; remove it or move it to strategies.pbt")
     if strategy in SEARCHED and not chosen.search:
         raise ConfigError(f"{source}: strategies.{strategy}.search: is empty; {strategy} searches at least one "
                           "setting, e.g. inner_lr: {type: loguniform, low: 1.0e-2, high: 0.3}")

@@ -7,8 +7,11 @@ Records whose validation metric is not finite (a diverged trial) are never picke
 without any usable record delivers NaN (the table says so rather than crashing).
 
 Table row per strategy (over seeds): test metric mean ± sample std of the final incumbents,
-validation metric of the final incumbents, mean wall seconds, mean number of trials, mean epochs
-reported within the budget.
+selection metric of the final incumbents, mean wall seconds, mean number of trials, mean number of
+trials the sampler's model suggested (after its random start-up trials), mean epochs reported
+within the budget. Below it, one row per pair of strategies: the paired per-seed differences of the
+test metric with a 95 % t interval, the paired t-test's p and the verdict at 5 %
+(:mod:`hybrid_hpo.compare.stats`).
 """
 from __future__ import annotations
 
@@ -19,10 +22,15 @@ from typing import Any
 
 from hybrid_hpo.compare.run import StrategyRun
 from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec
+from hybrid_hpo.compare.stats import Paired, higher_is_better, paired_test
 
 LABELS: dict[str, str] = {"bo_only": "BO-only (TPE, no hypergradients)",
                           "ift_defaults": "IFT with default meta-settings",
-                          "hybrid": "Hybrid (TPE over meta-settings, IFT inside)"}
+                          "hybrid": "Hybrid (TPE over meta-settings, IFT inside)",
+                          "pbt": "PBT (meta-settings, inherits weights and λ)"}
+SHORT: dict[str, str] = {"bo_only": "BO-only", "ift_defaults": "IFT defaults", "hybrid": "Hybrid", "pbt": "PBT"}
+MIN_GUIDED = 10
+"""Trials a search's model should suggest for "Bayesian" to mean more than random search."""
 
 
 def incumbents(records: Sequence[dict[str, Any]], metric: str, mode: str, budget_s: float) -> list[dict[str, Any]]:
@@ -56,10 +64,29 @@ def incumbent_at(chain: Sequence[dict[str, Any]], t: float, key: str) -> float:
     return value
 
 
+def strategies(spec: CompareSpec) -> list[str]:
+    """The spec's strategies in :data:`STRATEGIES` order."""
+    return [strategy for strategy in STRATEGIES if strategy in spec.strategies]
+
+
+def per_seed(runs: Sequence[StrategyRun], spec: CompareSpec, strategy: str) -> list[float]:
+    """The report metric of ``strategy``'s final incumbent for each seed of ``spec`` (NaN: none)."""
+    by_seed = {run.seed: final_incumbent(run, spec) for run in runs if run.strategy == strategy}
+    return [by_seed[seed].get(spec.report, math.nan) if by_seed.get(seed) else math.nan for seed in spec.seeds]
+
+
+def paired_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[Paired]:
+    """Every later strategy (in :data:`STRATEGIES` order) against every earlier one, paired by seed."""
+    names = strategies(spec)
+    upward = higher_is_better(spec.report, spec.mode)
+    return [paired_test(a, b, per_seed(runs, spec, a), per_seed(runs, spec, b), upward)
+            for i, a in enumerate(names) for b in names[:i]][::-1]
+
+
 def summary_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[dict[str, Any]]:
     """One row per strategy, in :data:`STRATEGIES` order (see the module docstring)."""
     rows = []
-    for strategy in STRATEGIES:
+    for strategy in strategies(spec):
         mine = [run for run in runs if run.strategy == strategy]
         finals = [final_incumbent(run, spec) for run in mine]
         report = [f.get(spec.report, math.nan) if f else math.nan for f in finals]
@@ -69,7 +96,7 @@ def summary_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[dict[st
                      f"{spec.report}_mean": _mean(report), f"{spec.report}_std": _std(report),
                      f"{spec.metric}_mean": _mean(val), f"{spec.metric}_std": _std(val),
                      "wall_s": _mean([run.wall_s for run in mine]), "trials": _mean([run.trials for run in mine]),
-                     "epochs": _mean(epochs), "per_seed": report})
+                     "guided": _mean([run.guided for run in mine]), "epochs": _mean(epochs), "per_seed": report})
     return rows
 
 
@@ -77,19 +104,46 @@ def markdown_table(rows: Sequence[dict[str, Any]], spec: CompareSpec) -> str:
     """The table of :func:`summary_rows` in Markdown (accuracies in %)."""
     percent = spec.report.endswith("acc")
     scale, digits = (100.0, 1) if percent else (1.0, 3)
-    val_scale, val_digits = (100.0, 1) if spec.metric != "val_loss" else (1.0, 3)
+    val_scale, val_digits = (100.0, 1) if spec.metric.endswith("acc") else (1.0, 3)
     unit = " %" if percent else ""
     lines = [f"| strategy | {spec.report}{unit} (mean ± std) | {spec.metric} of the pick | wall s | trials | "
-             f"epochs in budget | {spec.report} per seed |",
-             "|---|---|---|---|---|---|---|"]
+             f"model-guided trials | epochs in budget | {spec.report} per seed |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         per_seed = ", ".join(_format(scale * v, digits) for v in row["per_seed"])
         lines.append(
             f"| {LABELS[row['strategy']]} "
             f"| {_pm(row[f'{spec.report}_mean'], row[f'{spec.report}_std'], scale, digits)} "
             f"| {_pm(row[f'{spec.metric}_mean'], row[f'{spec.metric}_std'], val_scale, val_digits)} "
-            f"| {row['wall_s']:.0f} | {row['trials']:.1f} | {row['epochs']:.0f} | {per_seed} |")
+            f"| {row['wall_s']:.0f} | {row['trials']:.1f} | {row['guided']:.1f} | {row['epochs']:.0f} | {per_seed} |")
     return "\n".join(lines)
+
+
+def pairs_table(pairs: Sequence[Paired], spec: CompareSpec) -> str:
+    """The paired differences of :func:`paired_rows` in Markdown (accuracies in points)."""
+    scale, digits = (100.0, 2) if spec.report.endswith("acc") else (1.0, 4)
+    unit = " (points)" if scale != 1.0 else ""
+    better = "higher" if higher_is_better(spec.report, spec.mode) else "lower"
+    lines = [f"| A vs B | seeds | mean {spec.report} A − B{unit} | 95 % interval | t | p (paired t-test) | "
+             f"verdict for A at 5 % ({better} is better) |",
+             "|---|---|---|---|---|---|---|"]
+    for pair in pairs:
+        lines.append(f"| {SHORT[pair.a]} vs {SHORT[pair.b]} | {pair.n} | {_format(scale * pair.mean, digits)} "
+                     f"| [{_format(scale * pair.low, digits)}, {_format(scale * pair.high, digits)}] "
+                     f"| {pair.t:.2f} | {_format(pair.p, 3)} | {pair.verdict} |")
+    return "\n".join(lines)
+
+
+def report_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[Paired], spec: CompareSpec) -> str:
+    """table.md: the strategies' table, the paired differences and, when a search's model suggested
+    fewer than :data:`MIN_GUIDED` trials on average, a note saying so."""
+    parts = [markdown_table(rows, spec), "", pairs_table(pairs, spec)]
+    few = [SHORT[row["strategy"]] for row in rows if row["strategy"] in ("bo_only", "hybrid")
+           and row["guided"] < MIN_GUIDED]
+    if few:
+        parts += ["", f"Note: {', '.join(few)} had fewer than {MIN_GUIDED} model-guided trials on average; "
+                      "their search was mostly random (raise budget_s or lower startup_trials)."]
+    return "\n".join(parts)
 
 
 def _pm(mean: float, std: float, scale: float, digits: int) -> str:

@@ -1,9 +1,18 @@
-"""A Task's data as the run's train / val / test splits, checked on one small batch.
+"""A Task's data as the run's train / val / selection / test splits, checked on one small batch.
 
-Without an explicit ``task.val``, the pool ``task.data`` is split by a seeded permutation
-(``torch.Generator`` seeded with ``config.seed``): the first ceil(val_fraction · N) positions are
-validation, the rest training; ``train_size`` / ``val_size`` then keep the first that many of each
-(so a given seed gives nested subsets). With ``task.val`` the task's own splits are used as given.
+Selection split: ``task.selection`` as given; else, with ``selection_fraction`` s > 0, the first
+ceil(s · N) positions of a permutation of its own (``torch.Generator`` seeded from ``config.seed``
+by a stream other than the train/val one) of the pool it comes from — ``task.data`` without an
+explicit ``task.val``, else ``task.val`` — so for one seed it is the same examples whatever
+``val_fraction``.
+
+Without an explicit ``task.val``, the rest of the pool (N' positions, in their original order) is
+split by a seeded permutation (``torch.Generator`` seeded with ``config.seed``): the first
+ceil(val_fraction · N') positions are validation, the rest training; ``train_size`` / ``val_size``
+then keep the first that many of each (so a given seed gives nested subsets). With ``task.val`` the
+task's own splits are used as given (less the selection examples when they come from ``val``).
+With s = 0 and no ``task.selection`` there is no selection split and train / val are those of
+earlier versions.
 
 A ``TensorDataset`` of two tensors becomes an in-memory :class:`~hybrid_hpo.splits.Split` on the
 device (the fast path); any other dataset a :class:`~hybrid_hpo.splits.DatasetSplit` read through
@@ -34,25 +43,51 @@ _PROBE_SIZE = 2
 
 
 def make_splits(task: Task, config: RunConfig, device: torch.device) -> DataSplits:
-    """train / val / test of ``task`` on ``device`` (module docstring); ``task.model`` must
+    """train / val / selection / test of ``task`` on ``device`` (module docstring); ``task.model`` must
     already be on ``device`` (it runs once on a probe batch)."""
+    carved = task.val if task.val is not None else task.data  # where a selection split comes from
+    rest, selection = _selection_positions(len(carved), config) if task.selection is None else (None, None)
     if task.val is None:
-        train_at, val_at = _pool_positions(len(task.data), config)
+        train_at, val_at = _pool_positions(len(task.data) if rest is None else len(rest), config)
+        if rest is not None:
+            train_at, val_at = rest[train_at], rest[val_at]
         train, val = _split(task.data, train_at, device, config), _split(task.data, val_at, device, config)
     else:
-        train, val = _split(task.data, None, device, config), _split(task.val, None, device, config)
+        train, val = _split(task.data, None, device, config), _split(task.val, rest, device, config)
+    if task.selection is not None:
+        chosen = _split(task.selection, None, device, config)
+    else:
+        chosen = None if selection is None else _split(carved, selection, device, config)
     test = None if task.test is None else _split(task.test, None, device, config)
     input_shape, num_classes = probe(task, train)
     return DataSplits(train=train, val=val, test=test, num_classes=num_classes, input_shape=input_shape,
-                      name=task.name)
+                      name=task.name, selection=chosen)
 
 
 def metric_names(data: DataSplits, metrics: Iterable[str]) -> tuple[str, ...]:
     """The split metrics a run on ``data`` reports, in order: ``<split>_loss``, ``<split>_<name>``
-    for each task metric and, for classification, ``<split>_balanced_acc``; split in train, val
-    and test (when present)."""
+    for each task metric and, for classification, ``<split>_balanced_acc``; split in train, val,
+    sel and test (the last two when present)."""
     suffixes = ["loss", *metrics] + (["balanced_acc"] if data.num_classes else [])
     return tuple(f"{prefix}_{suffix}" for prefix, _ in data.evaluated() for suffix in suffixes)
+
+
+def _selection_positions(size: int, config: RunConfig) -> tuple[Tensor | None, Tensor | None]:
+    """(rest, selection): sorted positions of a pool of ``size`` examples; (None, None) without a
+    selection split (``selection_fraction`` 0)."""
+    n_selection = math.ceil(config.selection_fraction * size)
+    if n_selection == 0:
+        return None, None
+    if n_selection >= size:
+        raise ConfigError(f"selection_fraction: {config.selection_fraction} leaves nothing else of the task's {size} "
+                          "examples; use a smaller value, e.g. 0.2")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(_selection_seed(config.seed)))
+    return order[n_selection:].sort().values, order[:n_selection].sort().values
+
+
+def _selection_seed(seed: int) -> int:
+    """The selection permutation's seed: a stream of its own for ``seed`` (not the train/val one)."""
+    return (seed * 2654435761 + 1) % 2**63
 
 
 def _pool_positions(size: int, config: RunConfig) -> tuple[Tensor, Tensor]:

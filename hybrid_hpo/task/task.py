@@ -15,12 +15,18 @@ Conventions (B = batch size):
   the validation set explicitly — then ``data`` is all training data and ``val_fraction``,
   ``train_size`` and ``val_size`` do not apply. A ``TensorDataset`` of two tensors is held on the
   run's device (the fast path); any other dataset is read through a ``DataLoader``.
+* ``selection`` (optional): the held-out examples on which the outer search and the pick compare
+  trials (``sel_*`` metrics); neither the weights nor λ ever see them. Without it the run sets
+  aside ``selection_fraction`` (seeded by ``seed``, the same examples whatever ``val_fraction``):
+  of ``data`` *before* the train / validation split, or — when ``val`` is given — of ``val``
+  (your training data stay whole; the rest of ``val`` trains λ). ``selection_fraction: 0`` and no
+  ``selection``: no selection split; searches and picks then read ``val_*``.
 * ``loss(output, target)`` returns **per-example** losses, shape (B,) (``reduction="none"``, mean
   over any further axes of an example), so per-example loss weights work for any task. The
   training loss L_T and the validation loss L_V are their (weighted) means. Default: cross-entropy
   (:func:`cross_entropy`), which makes the task a classification task.
 * ``metrics`` maps a name to ``(output, target) -> per-example values`` (B,); each is reported as
-  ``train_<name>``, ``val_<name>`` and ``test_<name>`` (means over the split) next to ``*_loss``.
+  ``train_<name>``, ``val_<name>``, ``sel_<name>`` and ``test_<name>`` (means over the split) next to ``*_loss``.
   Default: ``{"acc": accuracy}`` for classification tasks, none otherwise. Classification tasks
   also report ``*_balanced_acc`` (mean per-class recall).
 * ``num_classes``: C for a classification task; None infers it from the model's output width when
@@ -76,6 +82,7 @@ class Task:
     data: Dataset
     test: Dataset | None = None
     val: Dataset | None = None
+    selection: Dataset | None = None
     loss: ExampleLoss | None = None
     metrics: Mapping[str, ExampleLoss] | None = None
     num_classes: int | None = None
@@ -84,7 +91,7 @@ class Task:
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
             raise ConfigError(f"task.model: expected a torch.nn.Module, got {type(self.model).__name__}")
-        for key in ("data", "val", "test"):
+        for key in ("data", "val", "selection", "test"):
             value = getattr(self, key)
             if value is None and key != "data":
                 continue

@@ -1,7 +1,7 @@
 """The outer loop: Ray Tune trials (one bilevel run each) searched by Optuna.
 
     from hybrid_hpo.tune import IFTTrainable, make_search, LogUniform, IntRange
-    search = make_search({"inner_lr": LogUniform(low=1e-3, high=0.3)}, "val_loss", "min",
+    search = make_search({"inner_lr": LogUniform(low=1e-3, high=0.3)}, "sel_loss_best", "min",
                          storage="sqlite:////abs/optuna.sqlite3")
     tune.run(IFTTrainable, config={"epochs": 5}, search_alg=search, num_samples=8)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybrid_hpo.objective import BEST_SUFFIX, best_key
 from hybrid_hpo.tune.plan import base_config
 from hybrid_hpo.tune.spec import SweepSpec
 
@@ -34,7 +35,8 @@ def result_rows(grid, spec: SweepSpec, budget_spent: bool = False) -> list[dict[
     when the sweep's time budget stopped it), ERROR.
     """
     rows, budget = [], base_config(spec)["epochs"]
-    shown = table_metrics([result.metrics or {} for result in grid], spec.metric)
+    objective = best_key(spec.metric)
+    shown = table_metrics([result.metrics or {} for result in grid], objective)
     for result in grid:
         metrics, config = result.metrics or {}, result.config or {}
         row: dict[str, Any] = {"trial": metrics.get("trial_id", "?")}
@@ -45,16 +47,18 @@ def result_rows(grid, spec: SweepSpec, budget_spent: bool = False) -> list[dict[
         row["status"] = _status(result.error, metrics, budget, budget_spent)
         rows.append(row)
     sign = 1.0 if spec.mode == "min" else -1.0
-    rows.sort(key=lambda r: (math.isnan(r[spec.metric]), sign * r[spec.metric] if not math.isnan(r[spec.metric]) else 0))
+    rows.sort(key=lambda r: (math.isnan(r[objective]), sign * r[objective] if not math.isnan(r[objective]) else 0))
     return rows
 
 
 def table_metrics(results: list[dict[str, Any]], objective: str) -> list[str]:
-    """The metric columns of the table: the objective, then the val_* and test_* metrics any trial
-    reported (loss and the task's metrics, e.g. val_acc or test_mae; balanced accuracies left out)."""
+    """The metric columns of the table: the objective (the trial's best epoch), then the sel_*,
+    val_* and test_* metrics of its last epoch any trial reported (loss and the task's metrics,
+    e.g. sel_acc or test_mae; balanced accuracies and best-so-far values left out)."""
+    prefixes = ("sel_", "val_", "test_")
     reported = dict.fromkeys(key for metrics in results for key in metrics
-                             if key.startswith(("val_", "test_")) and not key.endswith("balanced_acc"))
-    ordered = [key for prefix in ("val_", "test_") for key in reported if key.startswith(prefix)]
+                             if key.startswith(prefixes) and not key.endswith(("balanced_acc", BEST_SUFFIX)))
+    ordered = [key for prefix in prefixes for key in reported if key.startswith(prefix)]
     return list(dict.fromkeys((objective, *ordered)))
 
 

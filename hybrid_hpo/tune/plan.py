@@ -62,6 +62,9 @@ def plan_sweep(spec: SweepSpec, *, storage: str | None = None, study_name: str |
         raise ConfigError(f"--num-samples: must be >= 1 (got {num_samples})")
     if storage is not None:
         sqlite_path(check_rdb_url(storage, "--storage"))  # refuses an in-memory SQLite URL
+    if resume and spec.scheduler == "pbt":
+        raise ConfigError("--resume: a scheduler pbt sweep cannot be resumed (its population lives in Ray's "
+                          "scheduler); start a new sweep without --resume")
     if resume:
         return _plan_resume(spec, storage, study_name, num_samples, results_dir)
     if results_dir is None:

@@ -88,7 +88,7 @@ def check_trials_can_run(spec: SweepSpec, local: bool = True) -> None:
                 load_factory(config.task)
             continue
         data = (config.dataset, config.val_fraction, config.seed, config.train_size, config.val_size,
-                config.imbalance, config.data_root, config.download)
+                config.imbalance, config.selection_fraction, config.data_root, config.download)
         if data in checked or (not local and config.dataset not in OFFLINE_DATASETS + ("text",)):
             continue
         checked.add(data)

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hybrid_hpo.objective import best_key
 from hybrid_hpo.tune.outcome import SweepOutcome
 from hybrid_hpo.tune.plan import ARTIFACTS_DIR
 from hybrid_hpo.tune.spec import SweepSpec
@@ -56,7 +57,7 @@ def sweep_summary(spec: SweepSpec, outcome: SweepOutcome) -> str:
     return "\n".join([
         f"\nSweep {spec.name} {state}: {len(outcome.rows)} trials, {outcome.errors} errors, "
         f"study {outcome.study_name!r} in {redact(outcome.storage_url)}, results in {outcome.results_dir}",
-        f"Best trials by {spec.metric} ({spec.mode}):",
+        f"Best trials by {best_key(spec.metric)} ({spec.mode}: the best epoch of each trial):",
         format_table(outcome.rows),
         overhead_summary(outcome, spec.max_concurrent),
         f"Open the dashboard:\n  {dashboard_command(outcome.storage_url, outcome.results_dir / ARTIFACTS_DIR)}",

@@ -262,7 +262,7 @@ def close_running(storage: optuna.storages.BaseStorage, study_name: str, sweep_i
 
 def make_search(
     space: Mapping[str, Any],
-    metric: str = "val_loss",
+    metric: str = "sel_loss_best",
     mode: str = "min",
     storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
@@ -278,7 +278,8 @@ def make_search(
 
     space: name -> LogUniform/Uniform/IntRange/Choice, a Ray Tune domain (tune.loguniform, ...)
         or an optuna distribution. Fixed settings go in the Tune ``config``/``param_space``.
-    metric/mode: the objective reported by the trainable, "min" or "max".
+    metric/mode: the objective reported by the trainable, "min" or "max" (IFTTrainable reports
+        ``<its metric>_best``, by default ``sel_loss_best``: see :mod:`hybrid_hpo.objective`).
     storage: an RDB URL, an optuna BaseStorage, or None for ``<results_dir>/optuna.sqlite3``.
     study_name: None gives a unique name (a rerun never appends to an old study by accident).
     sampler: "tpe" (constant liar) or "gp"; seed: the sampler's seed;
@@ -287,14 +288,14 @@ def make_search(
         key left out is sampled).
     sweep_id: recorded on every trial this searcher asks for (default: a new random id).
     The study is created (or loaded, if the name exists) in the storage right away, its objective
-    named ``metric`` (optuna-dashboard shows "val_loss", not "Objective 0").
+    named ``metric`` (optuna-dashboard shows "sel_loss_best", not "Objective 0").
     """
     if not space:
         raise ConfigError("space: empty search space; give at least one distribution")
     if mode not in ("min", "max"):
         raise ConfigError(f"mode: {mode!r} is not valid; use 'min' or 'max'")
     if metric.startswith("test_"):
-        raise ConfigError(f"metric: {metric} would tune on the test set; use val_loss or val_acc")
+        raise ConfigError(f"metric: {metric} would tune on the test set; use sel_loss_best or sel_acc_best")
     distributions = {name: to_optuna_distribution(name, value) for name, value in space.items()}
     searcher = RecordingOptunaSearch(
         space=distributions,

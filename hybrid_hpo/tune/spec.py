@@ -15,7 +15,8 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     sampler: tpe                # tpe | gp
     num_trials: 8
     max_concurrent: 2
-    scheduler: fifo             # fifo | asha
+    scheduler: fifo             # fifo | asha | pbt (population-based training that inherits weights and λ;
+    pbt: {perturbation_interval: 2, quantile_fraction: 0.25, resample_probability: 0.25}  # see tune/pbt.py
     resources: {cpu: 1, gpu: auto}
     checkpoint_every: 5         # epochs between trial checkpoints (0: only at the end)
     max_failures: 2             # a trial whose process dies restarts from its last checkpoint, this often
@@ -24,7 +25,8 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     pending_timeout_s: 600      # stop (with a message) when trials wait PENDING this long and none runs
     initial_points:             # optional warm start: the first trials, at these settings (searched keys;
       - {inner_lr: 0.1, inner_steps: 2}   # a key left out is sampled)
-    metric: val_loss            # val_loss, val_acc, or val_<name> of your task's metrics
+    metric: sel_loss            # sel_loss, sel_acc, sel_<name> of your task's metrics (the selection
+                                # split; val_* without one), or val_*; trials are judged by its best epoch
     mode: min
 
 ``task``, ``inner`` and ``solver`` hold fixed RunConfig settings (``solver.name`` is RunConfig's
@@ -52,9 +54,11 @@ from hybrid_hpo.tune.distributions import DISTRIBUTION_TYPES, Distribution
 from hybrid_hpo.tune.samplers import SamplerName
 
 FIXED_SECTIONS: tuple[str, ...] = ("task", "inner", "solver")
-OBJECTIVES: dict[str, str] = {"val_loss": "min", "val_acc": "max", "train_loss": "min", "train_acc": "max"}
-"""The built-in objectives and their direction; a task's own metric ``val_<name>`` takes ``mode`` as given."""
-TASK_METRIC = re.compile(r"(train|val)_[a-z][a-z0-9_]*")
+OBJECTIVES: dict[str, str] = {"sel_loss": "min", "sel_acc": "max", "val_loss": "min", "val_acc": "max",
+                              "train_loss": "min", "train_acc": "max"}
+"""The built-in objectives and their direction; a task's own metric ``sel_<name>`` / ``val_<name>``
+takes ``mode`` as given. A trial is judged by ``<metric>_best`` (:mod:`hybrid_hpo.objective`)."""
+TASK_METRIC = re.compile(r"(train|val|sel)_[a-z][a-z0-9_]*")
 FACTORY_KEY = "factory"
 """``task.factory`` of a spec file: RunConfig's ``task`` (a task factory's name)."""
 
@@ -102,6 +106,16 @@ class Resources(BaseModel):
         return value
 
 
+class Pbt(BaseModel):
+    """Population-based training (:mod:`hybrid_hpo.tune.pbt`): exploit / explore every
+    ``perturbation_interval`` epochs; bottom ``quantile_fraction`` copies the top."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
+    perturbation_interval: int = Field(default=2, ge=1)
+    quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+
+
 class Asha(BaseModel):
     """ASHA early stopping on ``training_iteration`` (epochs): rungs at grace_period * rf^k."""
 
@@ -124,15 +138,16 @@ class SweepSpec(BaseModel):
     startup_trials: int | None = Field(default=None, ge=0)
     num_trials: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
-    scheduler: Literal["fifo", "asha"] = "fifo"
+    scheduler: Literal["fifo", "asha", "pbt"] = "fifo"
     asha: Asha = Field(default_factory=Asha)
+    pbt: Pbt = Field(default_factory=Pbt)
     resources: Resources = Field(default_factory=Resources)
     checkpoint_every: int = Field(default=5, ge=0)
     max_failures: int = Field(default=2, ge=0)  # restarts of a trial whose process died (from its checkpoint)
     time_budget_s: float | None = Field(default=None, gt=0)  # wall-clock limit of the whole sweep (Ray's)
     pending_timeout_s: float = Field(default=600.0, gt=0)  # stop when trials wait PENDING this long, none running
     initial_points: list[dict[str, Any]] = Field(default_factory=list)  # warm start: the first trials' settings
-    metric: str = "val_loss"
+    metric: str = "sel_loss"
     mode: Literal["min", "max"] = "min"
 
     @field_validator("search")
@@ -146,9 +161,9 @@ class SweepSpec(BaseModel):
     @classmethod
     def _validation_objective(cls, value: str) -> str:
         if value.startswith("test_"):
-            raise ValueError(f"{value} would tune on the test set; use val_loss or val_acc")
+            raise ValueError(f"{value} would tune on the test set; use sel_loss or sel_acc")
         if value not in OBJECTIVES and not TASK_METRIC.fullmatch(value):
-            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(OBJECTIVES)} or val_<name> of "
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(OBJECTIVES)} or sel_<name> of "
                              "your task's metrics")
         return value
 
@@ -162,6 +177,25 @@ class SweepSpec(BaseModel):
                 if not self.search[key].contains(value):
                     raise ValueError(f"initial_points[{index}].{key}: {value!r} is outside search.{key} "
                                      f"({self.search[key].model_dump(exclude={'type'})}); widen the range or change it")
+        return self
+
+    @field_validator("search")
+    @classmethod
+    def _one_judge(cls, value: dict) -> dict:
+        if "selection_fraction" in value:
+            raise ValueError("selection_fraction cannot be searched: the selection split judges every trial, so all "
+                             "trials share it; fix it in task (e.g. selection_fraction: 0.2)")
+        return value
+
+    @model_validator(mode="after")
+    def _pbt_mutates_meta_settings_only(self) -> "SweepSpec":
+        from hybrid_hpo.tune.pbt import MUTABLE, check_mutable
+
+        fixed = check_mutable(list(self.search)) if self.scheduler == "pbt" else None
+        if fixed is not None:
+            raise ValueError(f"search.{fixed}: scheduler pbt copies one trial's weights and λ into another mid-run, "
+                             f"so it can only change {', '.join(MUTABLE)} or solver.<option>; fix {fixed} in task "
+                             "or inner, or use scheduler fifo or asha")
         return self
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ from functools import partial
 from pathlib import Path
 
 from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.objective import best_key
 from hybrid_hpo.tune.outcome import SweepOutcome, result_rows, trial_history
 from hybrid_hpo.tune.plan import (ARTIFACTS_DIR, EXPERIMENT_NAME, SweepPlan, base_config, check_no_sweep,
                                   startup_trials, trial_resources, write_metadata)
@@ -120,13 +121,13 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
 
     from hybrid_hpo.tune.pending import PendingWatchdog
     from hybrid_hpo.tune.search import close_running, make_search, make_storage, storage_moved, storage_url
-    from hybrid_hpo.tune.trainable import IFTTrainable
     from hybrid_hpo.tune.trust import signing
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
     storage = storage if storage is not None else make_storage(plan.storage, plan.results_dir)
     url = storage_url(storage) or str(plan.storage)
-    trainable = tune.with_resources(IFTTrainable, trial_resources(spec))
+    pbt = spec.scheduler == "pbt"
+    trainable = sweep_trainable(spec.metric, spec.mode, trial_resources(spec), digests=pbt)
     watchdog = PendingWatchdog(spec.pending_timeout_s)
     experiment_dir = plan.results_dir / EXPERIMENT_NAME
     moved = partial(storage_moved, plan.storage_moved_from, url)
@@ -135,17 +136,17 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable,
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
-        searcher = make_search(spec.search, spec.metric, spec.mode, storage=storage, study_name=plan.study_name,
+        searcher = make_search(spec.search, best_key(spec.metric), spec.mode, storage=storage, study_name=plan.study_name,
                                sampler=spec.sampler, seed=spec.seed, n_startup_trials=startup_trials(spec, plan),
-                               points_to_evaluate=spec.initial_points, sweep_id=plan.sweep_id)
+                               points_to_evaluate=None if pbt else spec.initial_points, sweep_id=plan.sweep_id)
         searcher.attach_pictures(experiment_dir, plan.results_dir / ARTIFACTS_DIR)
         for key, value in study_signature(spec).items():
             searcher.study.set_user_attr(key, value)
         searcher.study.set_user_attr("spec", spec_path)
         write_metadata(spec, plan, url, spec_path)
-        tuner = tune.Tuner(trainable, param_space=base_config(spec),
+        tuner = tune.Tuner(trainable, param_space=_param_space(spec),
                            tune_config=_tune_config(spec, plan, searcher),
-                           run_config=_run_config(spec, plan, verbose, watchdog))
+                           run_config=_run_config(spec, plan, verbose, watchdog, searcher))
         signer.sign_file("tuner.pkl", experiment_dir / "tuner.pkl")
     fit_started = time.perf_counter()
     with moved(), signing(signer, on_restore=partial(_follow_move, results_dir=plan.results_dir)):
@@ -163,6 +164,25 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
     return SweepOutcome(plan.results_dir, url, plan.study_name, rows, wall_s=math.nan,
                         errors=sum(r.error is not None for r in grid), interrupted=interrupted,
                         histories=histories, budget_spent=budget_spent, stopped_because=watchdog.message)
+
+
+def sweep_trainable(metric: str, mode: str, resources: dict[str, float], digests: bool = False):
+    """IFTTrainable reporting ``metric`` and ``<metric>_best`` (:mod:`hybrid_hpo.objective`), with
+    ``resources`` per trial (its torch threads = its CPUs); ``digests``: also λ digests (PBT)."""
+    from ray import tune
+
+    from hybrid_hpo.tune.trainable import IFTTrainable
+
+    return tune.with_resources(tune.with_parameters(IFTTrainable, metric=metric, mode=mode, digests=digests),
+                               resources)
+
+
+def _param_space(spec: SweepSpec) -> dict:
+    """The trial config: the fixed settings, and for PBT the searched ones as Ray domains (PBT
+    draws the population itself; other schedulers get them from the Optuna searcher)."""
+    from hybrid_hpo.tune.pbt import ray_domains
+
+    return {**base_config(spec), **(ray_domains(spec.search) if spec.scheduler == "pbt" else {})}
 
 
 def _follow_move(generator, results_dir: Path) -> None:
@@ -183,24 +203,36 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
 
     from hybrid_hpo.tune.trust import SignedSearchGenerator
 
+    from hybrid_hpo.tune import pbt
+
+    if spec.scheduler == "pbt":  # PBT refuses a searcher and brings its own metric (the current value)
+        return tune.TuneConfig(search_alg=pbt.make_search_alg(spec, spec.max_concurrent),
+                               scheduler=pbt.make_scheduler(spec), num_samples=plan.num_samples, reuse_actors=True,
+                               time_budget_s=spec.time_budget_s)
     scheduler = None
     if spec.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base_config(spec)["epochs"],
                                   grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
     return tune.TuneConfig(search_alg=SignedSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)),
-                           scheduler=scheduler, num_samples=plan.num_samples, metric=spec.metric, mode=spec.mode,
-                           reuse_actors=True, time_budget_s=spec.time_budget_s)
+                           scheduler=scheduler, num_samples=plan.num_samples, metric=best_key(spec.metric),
+                           mode=spec.mode, reuse_actors=True, time_budget_s=spec.time_budget_s)
 
 
-def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int, watchdog=None):
-    """Ray's RunConfig; ``watchdog`` (a PendingWatchdog) bounds the wait for trials nobody can place."""
+def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int, watchdog=None, searcher=None):
+    """Ray's RunConfig; ``watchdog`` (a PendingWatchdog) bounds the wait for trials nobody can place;
+    with PBT, ``searcher`` hears of every trial through a callback (:mod:`hybrid_hpo.tune.pbt`)."""
     from ray import tune
 
+    from hybrid_hpo.tune.pbt import NUM_TO_KEEP, study_recorder
+
+    callbacks = [watchdog] if watchdog is not None else []
+    if spec.scheduler == "pbt" and searcher is not None:
+        callbacks.append(study_recorder(searcher, list(spec.search)))
     return tune.RunConfig(
-        callbacks=[watchdog] if watchdog is not None else None, stop=watchdog.stopper if watchdog else None,
+        callbacks=callbacks or None, stop=watchdog.stopper if watchdog else None,
         name=EXPERIMENT_NAME, storage_path=str(plan.results_dir), verbose=verbose,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=spec.checkpoint_every,
-                                                checkpoint_at_end=True),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=NUM_TO_KEEP if spec.scheduler == "pbt" else 2,
+                                                checkpoint_frequency=spec.checkpoint_every, checkpoint_at_end=True),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         sync_config=tune.SyncConfig(sync_period=EXPERIMENT_SNAPSHOT_S),
     )

@@ -16,6 +16,15 @@ A factory is called in each trial with that trial's config (so a search may vary
 width); a Task's model is copied for each trial, so every trial starts from the same weights.
 Without ``task`` the trial's ``task`` setting (a factory's name) or the built-in task is used.
 
+Each result carries the outer objective (:mod:`hybrid_hpo.objective`): ``metric`` (default
+``sel_loss``; on a run without a selection split, the ``val_*`` value under that name) and
+``<metric>_best``, its best value over the trial's epochs so far — what the searcher is told and what
+the pick uses. Sweeps set ``metric`` / ``mode`` with ``tune.with_parameters(IFTTrainable,
+metric=..., mode=...)``. The best-so-far value is rebuilt from the history on restore, so a trial
+that PBT restarts from another trial's checkpoint carries that trial's lineage. With ``digests=True``
+(PBT sweeps) each result also carries ``hparams_digest`` (:func:`hparams_digest` of λ after the
+epoch) and, first after a restore, ``restored_epoch`` and ``restored_digest`` (λ as loaded).
+
 The trial ends by itself after ``epochs`` steps (``done``); a checkpoint holds the trainer's
 ``state_dict()`` — weights, hyperparameters, both optimizers, RNG state, the solver's warm-start
 state — as ``trainer.pt``, the metrics history as ``history.json`` and, in the final checkpoint, pictures for people under
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -37,6 +47,7 @@ from ray import tune
 
 from hybrid_hpo.bilevel import BilevelTrainer
 from hybrid_hpo.config import RunConfig
+from hybrid_hpo.objective import DEFAULT_METRIC, BestSoFar, best_key, metric_value
 from hybrid_hpo.task import Task, TaskSource
 from hybrid_hpo.tune.pictures import render_trial
 
@@ -56,18 +67,31 @@ def trial_device(requested: str) -> str:
     return "cuda"
 
 
+def hparams_digest(hparams: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (first 16 hex digits) of the raw λ tensors' bytes, by name: equal digests, equal λ."""
+    digest = hashlib.sha256()
+    for name in sorted(hparams):
+        digest.update(name.encode())
+        digest.update(hparams[name].detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class IFTTrainable(tune.Trainable):
     """Ray Tune class trainable around :class:`BilevelTrainer` (see the module docstring).
 
-    ``step()`` returns the trainer's epoch metrics (epoch, train/val/test loss and accuracy,
-    hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus ``done``
-    and ``reported_at`` (``time.time()`` when the epoch ended).
+    ``step()`` returns the trainer's epoch metrics (epoch, train/val/sel/test loss and accuracy,
+    hypergrad_norm, solver_residual, solver_diverged_steps, rejected_hyper_steps, ...) plus the
+    objective ``metric`` and ``<metric>_best``, ``torch_threads`` (the intra-op threads the epoch
+    ran with: one per CPU the trial reserved), ``done`` and ``reported_at`` (``time.time()`` when
+    the epoch ended).
     ``reset_config`` rebuilds the trainer, so Tune may reuse the actor (``reuse_actors=True``) and
     skip process start and imports between trials.
     """
 
-    def setup(self, config: dict[str, Any], task: TaskSource = None) -> None:
-        self.task_source = task
+    def setup(self, config: dict[str, Any], task: TaskSource = None, metric: str = DEFAULT_METRIC,
+              mode: str = "min", digests: bool = False) -> None:
+        self.task_source, self.metric, self.mode, self.digests = task, metric, mode, digests
+        self.restored: dict[str, Any] = {}
         resources = self.trial_resources
         cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
         if cpus >= 1:  # one intra-op thread per CPU Ray reserved for this trial
@@ -81,11 +105,19 @@ class IFTTrainable(tune.Trainable):
         if isinstance(task, Task):  # every trial (also in a reused actor) starts from the task's initial weights
             task = dataclasses.replace(task, model=copy.deepcopy(task.model))
         self.trainer = BilevelTrainer(run_config, device=trial_device(run_config.device), task=task)
-        self.history: list[dict[str, float]] = []  # epoch and the split metrics per epoch, for the pictures
+        self.history: list[dict[str, float]] = []  # epoch and the split metrics per epoch (pictures, best so far)
+        self.best = BestSoFar(self.metric, self.mode)
 
     def step(self) -> dict[str, Any]:
         metrics = dict(self.trainer.train_epoch())
         self.history.append({key: metrics[key] for key in ("epoch", *self.trainer.metric_names())})
+        metrics.setdefault(self.metric, metric_value(metrics, self.metric))  # sel_* without a selection split
+        metrics[best_key(self.metric)] = self.best.update(metrics)
+        if self.digests:
+            metrics["hparams_digest"] = hparams_digest(self.trainer.family.hparams())
+            metrics.update(self.restored)
+            self.restored = {}
+        metrics["torch_threads"] = torch.get_num_threads()  # equal for every trial of equal resources
         metrics["done"] = self.trainer.epoch >= self.run_config.epochs
         metrics["reported_at"] = time.time()  # wall clock (s since the epoch), finer than Ray's integer timestamp
         if ray.is_initialized():
@@ -104,10 +136,16 @@ class IFTTrainable(tune.Trainable):
         checkpoint cannot run code."""
         state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         self.trainer.load_state_dict(state)
+        if self.digests:  # reported with the next epoch: where this trial's weights and λ came from
+            self.restored = {"restored_epoch": int(state["epoch"]),
+                             "restored_digest": hparams_digest(self.trainer.family.hparams())}
         history = os.path.join(checkpoint, HISTORY_FILE)
         if os.path.isfile(history):
             with open(history) as file:
                 self.history = json.load(file)
+        self.best = BestSoFar(self.metric, self.mode)
+        for metrics in self.history:
+            self.best.update(metrics)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._build(new_config)

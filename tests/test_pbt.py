@@ -1,0 +1,103 @@
+"""``scheduler: pbt``: an exploited trial continues from the better trial's weights and λ with its own,
+perturbed meta-settings; the study records every trial. One real PBT sweep on the shared Ray
+instance (loopback-only network namespace, README's test command); the rest without Ray."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from hybrid_hpo import cli
+from hybrid_hpo.bilevel import BilevelTrainer
+from hybrid_hpo.config import RunConfig
+from hybrid_hpo.errors import ConfigError
+from hybrid_hpo.tune.pbt import ClipToSpace
+from hybrid_hpo.tune.plan import plan_sweep
+from hybrid_hpo.tune.spec import validate_spec
+
+EPOCHS = 6
+SPEC = {
+    "task": {"dataset": "digits", "train_size": 64, "val_size": 64, "model": "mlp", "hidden": [16],
+             "batch_size": 32, "epochs": EPOCHS},
+    "solver": {"name": "neumann", "terms": 2},
+    "search": {"inner_lr": {"type": "loguniform", "low": 1.0e-4, "high": 0.5},
+               "hyper_lr": {"type": "loguniform", "low": 1.0e-3, "high": 0.1}},
+    "num_trials": 4, "max_concurrent": 2, "scheduler": "pbt",
+    "pbt": {"perturbation_interval": 2, "quantile_fraction": 0.5, "resample_probability": 0.0},
+    # the second trial learns almost nothing: it is in the bottom half at every perturbation
+    "initial_points": [{"inner_lr": 0.3}, {"inner_lr": 1.0e-4}],
+    "resources": {"cpu": 1, "gpu": 0},
+}
+
+
+def test_an_exploited_trial_restores_the_source_trials_lambda_and_perturbs_its_meta_settings(ray_session, tmp_path,
+                                                                                             capsys):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (tmp_path / "pbt.yaml").write_text(yaml.safe_dump(SPEC))
+    results = tmp_path / "results"
+    code = cli.main(["sweep", str(tmp_path / "pbt.yaml"), "--results-dir", str(results)])
+    assert code == 0, capsys.readouterr().out[-3000:]
+    rows = {path.parent.name.split("_")[1] + "_" + path.parent.name.split("_")[2]:
+            [json.loads(line) for line in path.read_text().splitlines()] for path in (results / "tune").glob("*/result.json")}
+    assert len(rows) == 4
+    exploits = []
+    for trial, results_of in rows.items():
+        for before, row in zip(results_of, results_of[1:]):
+            if "restored_digest" not in row:
+                continue
+            # the trial that wrote the restored checkpoint: it reported λ with this digest after that epoch
+            sources = [other for other, theirs in rows.items() if other != trial and any(
+                r["training_iteration"] == row["restored_epoch"] and r["hparams_digest"] == row["restored_digest"]
+                for r in theirs)]
+            if sources:
+                exploits.append((trial, sources[0], before["config"], row["config"]))
+    assert exploits, "the 1e-4 trial should have exploited a better one"
+    for trial, source, before, after in exploits:
+        source_lr = {r["config"]["inner_lr"] for r in rows[source]}
+        # explore with resample_probability 0: the source's inner_lr times 0.8 or 1.2, clipped to the range
+        assert any(min(max(lr * f, 1e-4), 0.5) == pytest.approx(after["inner_lr"]) for lr in source_lr for f in (0.8, 1.2))
+        assert after["inner_lr"] != before["inner_lr"]
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{results}/optuna.sqlite3")
+    assert len(study.trials) == 4 and {t.state for t in study.trials} == {TrialState.COMPLETE}
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    for trial, source, before, after in exploits:  # the study has the first and the final settings
+        recorded = by_ray[next(ray_id for ray_id in by_ray if ray_id.endswith(trial))]
+        assert recorded.user_attrs["final.inner_lr"] == rows[trial][-1]["config"]["inner_lr"]
+        assert recorded.params["inner_lr"] == rows[trial][0]["config"]["inner_lr"]
+
+
+def test_load_state_dict_keeps_lambda_and_weights_but_takes_the_new_learning_rates():
+    settings = {"hidden": [16], "epochs": 2, "train_size": 64, "device": "cpu", "inner_lr": 0.2, "hyper_lr": 0.01}
+    source = BilevelTrainer(RunConfig.from_mapping(settings))
+    source.train_epoch()
+    target = BilevelTrainer(RunConfig.from_mapping({**settings, "inner_lr": 0.05, "hyper_lr": 0.02}))
+    target.load_state_dict(source.state_dict())
+    for name, tensor in source.family.state_dict().items():
+        assert torch.equal(tensor, target.family.state_dict()[name])
+    assert all(torch.equal(a, b) for a, b in zip(source.model.parameters(), target.model.parameters()))
+    assert [g["lr"] for g in target.inner_optimizer.param_groups] == [0.05]
+    assert [g["lr"] for g in target.hyper_optimizer.param_groups] == [0.02]
+    assert [g["lr"] for g in source.inner_optimizer.param_groups] == [0.2]
+
+
+def test_pbt_refuses_settings_that_change_data_or_shapes_and_resume():
+    spec = dict(SPEC, search={**SPEC["search"], "val_fraction": {"type": "uniform", "low": 0.2, "high": 0.5}})
+    with pytest.raises(ConfigError, match=r"search.val_fraction: scheduler pbt copies one trial's weights and λ"):
+        validate_spec(spec)
+    with pytest.raises(ConfigError, match="--resume: a scheduler pbt sweep cannot be resumed"):
+        plan_sweep(validate_spec(SPEC), resume=True)
+    assert validate_spec(dict(SPEC, search={**SPEC["search"], "solver.alpha": {"type": "uniform", "low": 0.01, "high": 0.5}}))
+
+
+def test_a_perturbed_value_is_clipped_to_its_range_and_integers_stay_integers():
+    spec = validate_spec(dict(SPEC, search={**SPEC["search"], "inner_steps": {"type": "int", "low": 1, "high": 4}}))
+    clip = ClipToSpace(spec.search)
+    assert clip({"inner_lr": 0.6, "hyper_lr": 5e-4, "inner_steps": 4.8}) == {"inner_lr": 0.5, "hyper_lr": 1e-3,
+                                                                            "inner_steps": 4}
+    assert type(clip({"inner_lr": 0.1, "hyper_lr": 0.01, "inner_steps": 2.4})["inner_steps"]) is int
