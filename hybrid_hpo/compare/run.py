@@ -44,7 +44,7 @@ class StrategyRun:
     results_dir: str | None = None  # the sweep's results folder (sweep strategies)
 
 
-def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None = None, verbose: int = 0,
+def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None = None, verbose: bool = False,
                    on_run: Callable[[StrategyRun], None] | None = None) -> list[StrategyRun]:
     """Run every (seed, strategy) pair of ``spec``; ``on_run`` gets each run as it ends."""
     import ray
@@ -56,7 +56,7 @@ def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None 
     storage = results_dir_storage(results_dir)
     own_ray = not ray.is_initialized()
     if own_ray:
-        init_ray(address)
+        init_ray(address, quiet=not verbose)
     runs = []
     try:
         for index, seed in enumerate(spec.seeds):
@@ -81,7 +81,7 @@ def rotated(items: tuple[str, ...], shift: int) -> tuple[str, ...]:
 
 
 def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, storage: str,
-               verbose: int) -> StrategyRun:
+               verbose: bool) -> StrategyRun:
     """A budgeted Ray Tune + Optuna sweep of ``strategy`` (bo_only or hybrid) for ``seed``."""
     from hybrid_hpo.tune.plan import default_study_name, plan_sweep
     from hybrid_hpo.tune.sweep import run_sweep
@@ -90,7 +90,7 @@ def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, s
     plan = plan_sweep(sweep, storage=storage, study_name=default_study_name(sweep.name),
                       results_dir=results_dir / f"{strategy}-seed{seed}")
     start_clock, start = time.time(), time.perf_counter()
-    outcome = run_sweep(sweep, plan, verbose=verbose)
+    outcome = run_sweep(sweep, plan, verbose=verbose, progress=False)  # compare prints a line per run
     wall = time.perf_counter() - start
     records = []
     for trial, history in outcome.histories.items():

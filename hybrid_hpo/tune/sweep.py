@@ -49,7 +49,7 @@ EXPERIMENT_SNAPSHOT_S = 2
 
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, spec_path: str = "",
-              verbose: int = 1) -> SweepOutcome:
+              verbose: bool = False, progress: bool = True) -> SweepOutcome:
     """Check the inputs (:func:`~hybrid_hpo.tune.preflight.preflight`), hold the results dir's
     lock for the whole run (one driver per dir, :mod:`~hybrid_hpo.tune.lock`), verify Ray's state
     before a resume unpickles it (:mod:`~hybrid_hpo.tune.trust`), start (or join, with
@@ -57,9 +57,14 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
 
     Ray is initialised here only if it is not running in this process yet, and shut down at the
     end only if it was started here.
+
+    Console: ``progress`` prints a line per finished trial and a progress bar
+    (:mod:`~hybrid_hpo.tune.console`); Ray's own console output (its config and result boxes,
+    checkpoint lines, snapshot warnings) only with ``verbose``, which replaces that progress.
     """
     import ray
 
+    from hybrid_hpo.tune.console import quiet_console
     from hybrid_hpo.tune.lock import results_dir_lock
     from hybrid_hpo.tune.trust import RayStateSigner, load_key, verify
 
@@ -77,7 +82,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
                 signer = RayStateSigner(plan.results_dir, key)
             own_ray = not ray.is_initialized()
             if own_ray:
-                init_ray(address)
+                init_ray(address, quiet=not verbose)
         except ConfigError:
             if created:
                 remove_lock_only_dir(plan.results_dir)
@@ -85,7 +90,8 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
         previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
         try:
             check_resources(spec, ray.cluster_resources())
-            outcome = _fit(spec, plan, storage, signer, spec_path, verbose)
+            with quiet_console(not verbose):
+                outcome = _fit(spec, plan, storage, signer, spec_path, verbose, progress)
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
             if own_ray:
@@ -113,7 +119,8 @@ def remove_lock_only_dir(results_dir: Path) -> None:
         results_dir.rmdir()
 
 
-def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verbose: int) -> SweepOutcome:
+def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verbose: bool,
+         progress: bool) -> SweepOutcome:
     from ray import tune
 
     from optuna.trial import TrialState
@@ -126,7 +133,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
     storage = storage if storage is not None else make_storage(plan.storage, plan.results_dir)
     url = storage_url(storage) or str(plan.storage)
-    trainable = tune.with_resources(IFTTrainable, trial_resources(spec))
+    trainable = tune.with_resources(tune.with_parameters(IFTTrainable, epoch_logs=verbose), trial_resources(spec))
     watchdog = PendingWatchdog(spec.pending_timeout_s)
     experiment_dir = plan.results_dir / EXPERIMENT_NAME
     moved = partial(storage_moved, plan.storage_moved_from, url)
@@ -145,7 +152,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
         write_metadata(spec, plan, url, spec_path)
         tuner = tune.Tuner(trainable, param_space=base_config(spec),
                            tune_config=_tune_config(spec, plan, searcher),
-                           run_config=_run_config(spec, plan, verbose, watchdog))
+                           run_config=_run_config(spec, plan, verbose, watchdog, progress and not verbose))
         signer.sign_file("tuner.pkl", experiment_dir / "tuner.pkl")
     fit_started = time.perf_counter()
     with moved(), signing(signer, on_restore=partial(_follow_move, results_dir=plan.results_dir)):
@@ -192,13 +199,20 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
                            reuse_actors=True, time_budget_s=spec.time_budget_s)
 
 
-def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int, watchdog=None):
-    """Ray's RunConfig; ``watchdog`` (a PendingWatchdog) bounds the wait for trials nobody can place."""
+def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: bool, watchdog=None, progress: bool = False):
+    """Ray's RunConfig; ``watchdog`` (a PendingWatchdog) bounds the wait for trials nobody can place;
+    ``progress`` adds our console lines, ``verbose`` Ray's (both are pickled with the experiment,
+    so a resumed sweep prints as it did before)."""
     from ray import tune
 
+    from hybrid_hpo.tune.console import ConsoleProgress
+
+    callbacks = [watchdog] if watchdog is not None else []
+    if progress:
+        callbacks.append(ConsoleProgress(list(spec.search), spec.metric, base_config(spec)["epochs"]))
     return tune.RunConfig(
-        callbacks=[watchdog] if watchdog is not None else None, stop=watchdog.stopper if watchdog else None,
-        name=EXPERIMENT_NAME, storage_path=str(plan.results_dir), verbose=verbose,
+        callbacks=callbacks or None, stop=watchdog.stopper if watchdog else None,
+        name=EXPERIMENT_NAME, storage_path=str(plan.results_dir), verbose=1 if verbose else 0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=spec.checkpoint_every,
                                                 checkpoint_at_end=True),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -66,8 +67,14 @@ class IFTTrainable(tune.Trainable):
     skip process start and imports between trials.
     """
 
-    def setup(self, config: dict[str, Any], task: TaskSource = None) -> None:
+    def setup(self, config: dict[str, Any], task: TaskSource = None, epoch_logs: bool = True) -> None:
+        """``epoch_logs=False`` (``hybrid-hpo sweep`` without ``--verbose``) keeps this actor's
+        per-epoch lines off the console: Ray Train's note with the path of every checkpoint and the
+        trainer's warning per epoch with rejected hyper steps (the sweep's line per trial counts them)."""
         self.task_source = task
+        if not epoch_logs:
+            logging.getLogger("ray.train").setLevel(logging.WARNING)
+            logging.getLogger("hybrid_hpo.bilevel").setLevel(logging.ERROR)
         resources = self.trial_resources
         cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
         if cpus >= 1:  # one intra-op thread per CPU Ray reserved for this trial
