@@ -11,8 +11,11 @@ times in turn:
      (Ray's ``time_this_iter_s`` per epoch, trials in the order they started).
 Overhead above the floor = (ours - floor) / ours, in % of our sweep's wall time; the goal is
 <= 10 %. ``--profile`` then times, in a fresh process (as a trial actor starts), what an actor of
-ours does besides training: importing the trainable, building the first and a second trial
-(data, model), and the final checkpoint (weights and pictures).
+ours does besides training (imports, the first and a second trainer, final checkpoints with
+pictures), and one more sweep of ours under cProfile shows the driver's own parts (Optuna on
+SQLite, experiment snapshots and their signing). Each run of ours also prints, summed over its
+trial actors, the time before the first epoch, between epochs, after checkpointed epochs, between
+trials and after the last epoch, next to the same for the floor.
 
     unshare -rn bash -c 'ip link set lo up && RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 \
         python bench/outer_overhead.py [--repeats 2] [--profile]'
@@ -123,6 +126,7 @@ def run_floor(workdir: Path, epochs_s: list[list[float]]) -> tuple[float, dict[s
     from hybrid_hpo.tune.spec import load_spec
 
     spec = load_spec(SPEC)
+    os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)  # our sweep sets 2 s; the floor keeps Ray's default
     slots = workdir / "slots"
     slots.mkdir(parents=True)
     started, clock = time.perf_counter(), time.time()
@@ -130,12 +134,12 @@ def run_floor(workdir: Path, epochs_s: list[list[float]]) -> tuple[float, dict[s
     searcher = ConcurrencyLimiter(OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, seed=spec.seed),
                                   max_concurrent=spec.max_concurrent)
     trainable = tune.with_resources(_sleep_trainable(str(slots), epochs_s), trial_resources(spec))
-    grid = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(epochs_s),
+    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(epochs_s),
                                                              reuse_actors=True),
                       run_config=tune.RunConfig(storage_path=str(workdir), name="floor", verbose=0,
                                                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
     with quiet_console():
-        grid = grid.fit()
+        grid = tuner.fit()
     wall = time.perf_counter() - started
     if grid.num_errors or len(grid) != len(epochs_s):
         raise SystemExit("the floor sweep did not finish cleanly")
@@ -143,30 +147,70 @@ def run_floor(workdir: Path, epochs_s: list[list[float]]) -> tuple[float, dict[s
     return wall, where_time_went(histories, clock, clock + wall, 0)
 
 
-PROFILE = r"""
+ACTOR_PROFILE = r"""
 import sys, tempfile, time
-start = time.perf_counter()
+marks, start = [], time.perf_counter()
+def mark(label):
+    global start
+    marks.append((label, time.perf_counter() - start))
+    start = time.perf_counter()
+import torch
+torch.set_num_threads(1)
+mark("import torch")
+import ray.tune
+mark("import ray.tune (the floor's actors do this too)")
 from hybrid_hpo.tune.trainable import IFTTrainable
 from hybrid_hpo.tune.plan import base_config
 from hybrid_hpo.tune.spec import load_spec
-marks = [("import the trainable", time.perf_counter() - start)]
+mark("import the rest of the trainable (hybrid_hpo)")
+from hybrid_hpo.data import _digits
+_digits()
+mark("import sklearn, load digits (first trainer's data)")
+import torch._dynamo
+mark("import torch._dynamo (torch.optim's first optimizer does)")
 config = dict(base_config(load_spec(sys.argv[1])), inner_lr=0.1, hyper_lr=0.01, val_fraction=0.3, inner_steps=1,
               epochs=1, **{"solver.terms": 1, "solver.alpha": 0.1})
 actor = IFTTrainable.__new__(IFTTrainable)  # what setup() and reset_config() do, without an actor
 actor.task_source, actor.run_config = None, None
 for name in ("first", "second"):
-    start = time.perf_counter()
+    mark("-")
     actor._build(config)
-    marks.append((f"build the {name} trial (data, model)", time.perf_counter() - start))
+    mark(f"build the {name} trial's trainer (split, model, optimizers)")
     actor.step()
-    start = time.perf_counter()
+    mark("-")
     actor.save_checkpoint(tempfile.mkdtemp())
-    marks.append((f"final checkpoint of the {name} trial (weights, pictures)", time.perf_counter() - start))
-heavy = [m for m in ("sklearn", "scipy", "matplotlib", "optuna", "pandas") if m in sys.modules]
+    mark(f"final checkpoint of the {name} trial (weights, pictures)")
 for label, seconds in marks:
-    print(f"  {label:<48} {seconds:6.2f} s")
-print(f"  modules loaded in the actor: {', '.join(heavy) or 'none of sklearn/scipy/matplotlib/optuna/pandas'}")
+    if label != "-":
+        print(f"  {label:<58} {seconds:6.2f} s")
 """
+
+DRIVER_PARTS = {  # pstats function name -> what it is
+    "make_storage": "open the SQLite storage (tables, alembic)",
+    "sync_up_experiment_state": "experiment snapshots (Ray's, every 2 s, with our signing)",
+    "save_to_dir": "  of which our signing of Ray's pickles",
+    "on_trial_result": "Optuna: one intermediate value per epoch (SQLite)",
+    "on_trial_complete": "Optuna: user attributes, pictures, tell per trial (SQLite)",
+    "suggest": "Optuna: TPE suggest per trial (SQLite)",
+}
+
+
+def profile_driver(workdir: Path) -> None:
+    """One more sweep of ours under cProfile: where the driver's own time goes (cProfile slows it)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    wall, _, _ = run_ours(workdir)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    print(f"driver profile (one sweep of ours under cProfile, {wall:.1f} s):")
+    for name, label in DRIVER_PARTS.items():
+        rows = [(calls, cumulative) for (path, _, function), (calls, _, _, cumulative, _) in stats.items()
+                if function == name and ("hybrid_hpo" in path or name == "sync_up_experiment_state")]
+        calls, seconds = max(rows, key=lambda row: row[1], default=(0, 0.0))
+        print(f"  {label:<58} {seconds:6.2f} s in {calls} calls")
 
 
 def main() -> None:
@@ -197,14 +241,16 @@ def main() -> None:
                       "of our wall time", flush=True)
                 for name, split in (("ours", parts), ("floor", floor_parts)):
                     print(f"  {name:>5}, summed over its actors: " + "; ".join(f"{k} {v:.1f} s" for k, v in split.items()))
+            if args.profile:
+                profile_driver(Path(tmp) / "profiled")
     finally:
         ray.shutdown()
     share = statistics.median(100 * (ours - floor) / ours for ours, floor, _ in rows)
     print(f"median overhead above the floor: {share:.0f} % of our sweep's wall time (goal <= 10 %)")
     print(f"# load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.profile:
-        print("actor profile (fresh process, one trial actor's own work besides training):", flush=True)
-        subprocess.run([sys.executable, "-c", PROFILE, str(SPEC)], check=True, cwd=REPO)
+        print("actor profile (a fresh process, as a trial actor starts; its work besides training):", flush=True)
+        subprocess.run([sys.executable, "-c", ACTOR_PROFILE, str(SPEC)], check=True, cwd=REPO)
 
 
 if __name__ == "__main__":

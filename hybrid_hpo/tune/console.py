@@ -84,8 +84,7 @@ class ConsoleProgress(Callback):
                           self.objective, self.epochs, error)
         rejected, steps = self._rejected.pop(trial.trial_id, (0, 0))
         if rejected:
-            line += (f"; rejected {rejected} of {steps} hyper steps (non-finite hypergradient or diverged solve): "
-                     "lower inner_lr / hyper_lr or solver.alpha, or add solver.damping")
+            line += f"; {rejected} of {steps} hyper steps rejected (non-finite or diverged)"
         self._clear_bar()
         print(f"[{len(done)}/{total}] {line}", file=sys.stdout, flush=True)
         if _is_terminal():

@@ -70,10 +70,12 @@ class IFTTrainable(tune.Trainable):
     def setup(self, config: dict[str, Any], task: TaskSource = None, epoch_logs: bool = True) -> None:
         """``epoch_logs=False`` (``hybrid-hpo sweep`` without ``--verbose``) keeps this actor's
         per-epoch lines off the console: Ray Train's note with the path of every checkpoint and the
-        trainer's warning per epoch with rejected hyper steps (the sweep's line per trial counts them)."""
+        trainer's warning per epoch with rejected hyper steps (the sweep's line per trial counts them),
+        and Ray Tune's note on a slow ``setup``."""
         self.task_source = task
         if not epoch_logs:
-            logging.getLogger("ray.train").setLevel(logging.WARNING)
+            for name in ("ray.train", "ray.tune"):
+                logging.getLogger(name).setLevel(logging.ERROR)
             logging.getLogger("hybrid_hpo.bilevel").setLevel(logging.ERROR)
         resources = self.trial_resources
         cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
