@@ -89,18 +89,22 @@ def _start(history: list[dict]) -> float:
 
 def where_time_went(histories: list[list[dict]], begin: float, end: float, checkpoint_every: int) -> dict[str, float]:
     """Seconds summed over the trial actors (one per Ray ``pid``), from the epochs' wall-clock ends
-    (``reported_at``) and durations: before an actor's first epoch (Ray's actor start, imports, the
-    first trainer: data and model), between epochs (result round trip through the driver), the
+    (``reported_at``) and durations: before an actor's first epoch (from the sweep's start, or for
+    an actor started later from the last trial end before it: Ray's actor start, imports, the first
+    trainer: data and model), between epochs (result round trip through the driver), the
     same after a checkpointed epoch (checkpoint written, persisted, experiment snapshot), between
     trials in one actor (final checkpoint with pictures, Optuna tell and suggest, the next trainer),
     and after an actor's last epoch until the sweep returned."""
-    parts = dict.fromkeys(("actor start to first epoch", "between epochs", "after a checkpointed epoch",
+    parts = dict.fromkeys(("actors", "actor start to first epoch", "between epochs", "after a checkpointed epoch",
                            "between trials in an actor", "after the last epoch", "training"), 0.0)
     by_actor: dict[int, list[list[dict]]] = {}
     for history in histories:
         by_actor.setdefault(history[0]["pid"], []).append(history)
-    for trials in by_actor.values():
-        parts["actor start to first epoch"] += _start(trials[0]) - begin
+    parts["actors"] = len(by_actor)
+    ends = [history[-1]["reported_at"] for history in histories]
+    for trials in by_actor.values():  # an actor started later (not reused) counts from the slot freed before it
+        freed = max([end for end in ends if end < _start(trials[0])], default=begin)
+        parts["actor start to first epoch"] += _start(trials[0]) - freed
         for index, history in enumerate(trials):
             if index:
                 parts["between trials in an actor"] += _start(history) - trials[index - 1][-1]["reported_at"]
@@ -240,7 +244,9 @@ def main() -> None:
                       f"in total; overhead above the floor {ours - floor:.1f} s = {100 * (ours - floor) / ours:.0f} % "
                       "of our wall time", flush=True)
                 for name, split in (("ours", parts), ("floor", floor_parts)):
-                    print(f"  {name:>5}, summed over its actors: " + "; ".join(f"{k} {v:.1f} s" for k, v in split.items()))
+                    actors = split.pop("actors")
+                    print(f"  {name:>5}, summed over its {actors:.0f} actors: "
+                          + "; ".join(f"{k} {v:.1f} s" for k, v in split.items()))
             if args.profile:
                 profile_driver(Path(tmp) / "profiled")
     finally:

@@ -52,7 +52,7 @@ def fixed_layout(figure: Any, rows: int, cols: int, *, title_inches: float = 0.0
                  right: float = 0.15, bottom: float = 0.55, top: float = 0.12, gap: float = 0.75) -> None:
     """Margins in inches around a ``rows`` x ``cols`` grid of axes with tick labels and axis labels
     (``gap``: between columns, for the next panel's y labels; rows share x, so 0.12 in between them).
-    Half the drawing time of :func:`tight_layout`, which draws the figure once to measure it."""
+    It saves the extra draw :func:`tight_layout` makes to measure the figure (~1/3 of the drawing time)."""
     width, height = figure.get_size_inches()
     panel_width = (width - left - right - (cols - 1) * gap) / cols
     panel_height = (height - bottom - top - title_inches - (rows - 1) * 0.12) / rows

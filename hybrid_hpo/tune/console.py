@@ -28,7 +28,7 @@ from hybrid_hpo.tune.outcome import table_metrics, trial_status
 
 # The loggers behind the console lines --verbose brings back: Ray Tune's experiment and snapshot
 # notes and sync warnings, Ray Train's checkpoint paths (in the trial actors: IFTTrainable's
-# ray_logs), Optuna's "study created" and "trial finished" notes (the trial lines say it).
+# epoch_logs), Optuna's "study created" and "trial finished" notes (the trial lines say it).
 QUIETED_LOGGERS = ("ray.tune", "ray.train", "optuna")
 NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Ray Tune's switch between its two console reporters
 BAR_WIDTH = 20
