@@ -199,7 +199,7 @@ def fractional_sweep(sizes: Sizes, device: torch.device) -> bool:
     print(f"# resources per trial {{cpu: {sizes.sweep_cpus:g}, gpu: {gpu:g}}}, 4 trials, max_concurrent 2, "
           f"digits MLP {list(sizes.sweep_hidden)}, {sizes.sweep_epochs} epochs")
     with tempfile.TemporaryDirectory(prefix="gpu-sweep-") as results:
-        outcome = run_sweep(spec, plan_sweep(spec, results_dir=results), verbose=0)
+        outcome = run_sweep(spec, plan_sweep(spec, results_dir=results), verbose=False)
         trials = optuna.load_study(study_name=outcome.study_name, storage=outcome.storage_url).trials
     print(f"{'trial':>5}  {'state':<9}{'val_loss':>9}{'test_loss':>10}{'test_acc':>9}{'epochs':>7}")
     for t in trials:

@@ -5,6 +5,7 @@ without a display, in threads and in Ray workers, and leaks no global figures. S
 
     new_figure(width, height) -> Figure
     tight_layout(figure, title_inches=0.0)                  # room for a suptitle
+    fixed_layout(figure, rows, cols, title_inches=0.0)     # fixed margins: one draw less than tight_layout
     save_figure(figure, path) -> Path                      # PNG, parent folders created
     histogram_by_group(groups, path, *, xlabel, log_x=False, bins=30, title=None) -> Path
     image_grid(images, path, *, ncols=None, row_labels=None, titles=None, title=None,
@@ -45,6 +46,19 @@ def tight_layout(figure: Any, title_inches: float = 0.0) -> None:
     """``figure.tight_layout`` leaving ``title_inches`` at the top free for a suptitle."""
     height = figure.get_size_inches()[1]
     figure.tight_layout(pad=0.3, rect=(0.0, 0.0, 1.0, 1.0 - title_inches / height))
+
+
+def fixed_layout(figure: Any, rows: int, cols: int, *, title_inches: float = 0.0, left: float = 0.75,
+                 right: float = 0.15, bottom: float = 0.55, top: float = 0.12, gap: float = 0.75) -> None:
+    """Margins in inches around a ``rows`` x ``cols`` grid of axes with tick labels and axis labels
+    (``gap``: between columns, for the next panel's y labels; rows share x, so 0.12 in between them).
+    It saves the extra draw :func:`tight_layout` makes to measure the figure (~1/3 of the drawing time)."""
+    width, height = figure.get_size_inches()
+    panel_width = (width - left - right - (cols - 1) * gap) / cols
+    panel_height = (height - bottom - top - title_inches - (rows - 1) * 0.12) / rows
+    figure.subplots_adjust(left=left / width, right=1.0 - right / width, bottom=bottom / height,
+                           top=1.0 - (top + title_inches) / height, wspace=gap / panel_width,
+                           hspace=0.12 / panel_height)
 
 
 def save_figure(figure: Any, path: str | Path) -> Path:
@@ -93,7 +107,7 @@ def histogram_by_group(groups: Mapping[str, Any], path: str | Path, *, xlabel: s
     axes[-1].set_xlabel(xlabel)
     if title:
         figure.suptitle(title)
-    tight_layout(figure, 0.35 if title else 0.0)
+    fixed_layout(figure, len(arrays), 1, title_inches=0.35 if title else 0.0)
     return save_figure(figure, path)
 
 

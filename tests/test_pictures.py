@@ -1,5 +1,6 @@
 """hybrid_hpo.pictures (shared PNG helpers) and the weight-decay histogram."""
 import matplotlib.image
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper import WeightDecay
 from hybrid_hpo.models import build_model
-from hybrid_hpo.pictures import histogram_by_group, image_grid, new_figure, save_figure
+from hybrid_hpo.pictures import fixed_layout, histogram_by_group, image_grid, new_figure, save_figure
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -79,3 +80,44 @@ def test_weight_decay_histogram_survives_underflowed_and_non_finite_decays(tmp_p
         for raw in raws:
             raw.fill_(float("nan"))
     assert family.render(params, tmp_path / "none") == []
+
+
+def _labels_inside_and_apart(figure, axes, heading=None) -> None:
+    """Every axes' tick and axis labels (and the title) lie inside the figure, none overlapping."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in axes]
+    if heading is not None:
+        boxes.append(heading.get_window_extent(renderer))
+    inside = figure.bbox
+    for index, box in enumerate(boxes):
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, index
+        for other in boxes[index + 1:]:
+            assert not box.overlaps(other), index
+
+
+def test_fixed_layout_fits_the_histogram_rows_and_title():
+    """Fixed margins (no measuring draw) leave room for 5-digit counts, the log axis and the title."""
+    figure = new_figure(6.5, 1.2 + 1.1 * 3)
+    axes = figure.subplots(3, 1, sharex=True, squeeze=False)[:, 0]
+    for ax in axes:
+        ax.hist(np.geomspace(7e-4, 2e-3, 45000), bins=np.geomspace(7e-4, 2e-3, 31))
+        ax.set_xscale("log")
+        ax.set_ylabel("count")
+    axes[-1].set_xlabel("decay (softplus(raw))")
+    heading = figure.suptitle("learned weight decays (per_weight, 166400 λ)")
+    fixed_layout(figure, 3, 1, title_inches=0.35)
+    _labels_inside_and_apart(figure, axes, heading)
+
+
+def test_fixed_layout_fits_the_learning_curves_side_by_side():
+    from hybrid_hpo.tune.pictures import CURVES_MARGINS
+
+    figure = new_figure(8.0, 3.2)
+    axes = figure.subplots(1, 2, squeeze=False)[0]
+    for ax, (label, high) in zip(axes, (("loss", 12.5), ("acc", 0.9875))):
+        ax.plot(np.arange(1, 101), np.linspace(0.0, high, 100), marker=".", label="train")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+    fixed_layout(figure, 1, 2, **CURVES_MARGINS)
+    _labels_inside_and_apart(figure, axes)

@@ -81,6 +81,36 @@ def test_cli_sweep_records_every_trial_once(ray_session, tmp_path, capsys):
     best = min(histories, key=lambda i: histories[i][-1]["sel_loss_best"])
     table = out[out.index("Best trials by sel_loss_best"):].splitlines()
     assert table[2].split()[0] == best  # first row under the header is the best trial
+    _check_trial_lines(out, histories, total=3)
+
+
+def _check_trial_lines(out: str, histories: dict[str, list[dict]], total: int) -> None:
+    """The console has one line per finished trial with its meta-settings and last metrics, numbered
+    1..total, and none of Ray Tune's own output (boxes, status tables, checkpoint lines)."""
+    from hybrid_hpo.tune.console import trial_line
+
+    lines = [line for line in out.splitlines() if line.startswith("[") and "] trial " in line]
+    assert sorted(line[:line.index("]") + 1] for line in lines) == [f"[{k}/{total}]" for k in range(1, total + 1)]
+    for ray_id, history in histories.items():
+        last = history[-1]
+        shown = [line for line in lines if f"] trial {ray_id} done, {EPOCHS} epochs in " in line]
+        assert len(shown) == 1, (ray_id, lines)
+        expected = trial_line(ray_id, last["config"], last, ["inner_lr", "hyper_lr"], "val_loss", EPOCHS)
+        assert f"] {expected}" in shown[0]  # (then how many hyper steps were rejected, if any)
+        for key in ("inner_lr", "hyper_lr"):
+            assert f"{key}={last['config'][key]:.4g}" in shown[0]
+        for key in ("val_loss", "val_acc", "test_loss", "test_acc"):
+            assert f"{key}={last[key]:.4g}" in shown[0]
+    assert "╭" not in out and "Trial status" not in out and "Checkpoint successfully created" not in out
+
+
+def test_verbose_sweep_prints_ray_tunes_own_output(ray_session, tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    code = cli.main(["sweep", str(tmp_path / "tiny.yaml"), "--results-dir", str(tmp_path / "res"),
+                     "--num-samples", "1", "--verbose"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    assert "Trial status" in out and "] trial " not in out  # Ray's status table instead of our trial lines
 
 
 def test_tune_run_with_make_search_records_every_trial_once(ray_session, tmp_path):

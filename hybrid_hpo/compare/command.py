@@ -22,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(the hybrid's is the ift_defaults run)")
     parser.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/<name>-<time>)")
     parser.add_argument("--address", metavar="ADDR", help="join this Ray cluster instead of starting a local Ray")
+    parser.add_argument("--verbose", action="store_true", help="Ray Tune's own console output (config and result "
+                        "boxes, checkpoint lines) for the searches")
     parser.set_defaults(handler=run_compare_command)
 
 
@@ -33,7 +35,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
                         budget_s=args.budget_s, seeds=args.seeds, warm_start=args.warm_start)
     results_dir = plan_results_dir(args.results_dir, spec.name)
     preflight(spec, results_dir, args.address)
-    outcome = compare(spec, results_dir, address=args.address, progress=True)
+    outcome = compare(spec, results_dir, address=args.address, progress=True, verbose=args.verbose)
     print(f"\nComparison {spec.name}: budget {spec.budget_s:g} s per strategy and seed, seeds {spec.seeds}; "
           f"each strategy's pick = best {spec.metric} within the budget")
     print(outcome["table"])

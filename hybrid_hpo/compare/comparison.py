@@ -46,7 +46,8 @@ def preflight(spec: CompareSpec, results_dir: Path, address: str | None = None) 
     check_before_ray(spec.sweep_spec(SEARCHED[0], spec.seeds[0]), results_dir, address=address)
 
 
-def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None, progress: bool = False) -> dict:
+def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None, progress: bool = False,
+            verbose: bool = False) -> dict:
     """Run ``spec`` (:func:`hybrid_hpo.compare.run.run_comparison`), write the results dir (module
     docstring) and return ``{"runs", "rows", "table"}``; ``progress`` prints a line per finished
     run to stderr."""
@@ -63,7 +64,7 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
                   f"{spec.report} of the pick {shown}", file=sys.stderr, flush=True)
 
     load_start = os.getloadavg()
-    runs = run_comparison(spec, results_dir, address=address, on_run=report)
+    runs = run_comparison(spec, results_dir, address=address, verbose=verbose, on_run=report)
     rows, pairs = summary_rows(runs, spec), paired_rows(runs, spec)
     table = report_markdown(rows, pairs, spec)
     plot_test_vs_time(runs, spec, results_dir / "test_vs_time.png")

@@ -61,7 +61,7 @@ class StrategyRun:
         return max(0, self.trials - self.startup_trials) if self.study_name else 0
 
 
-def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None = None, verbose: int = 0,
+def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None = None, verbose: bool = False,
                    on_run: Callable[[StrategyRun], None] | None = None) -> list[StrategyRun]:
     """Run every (seed, strategy) pair of ``spec``; ``on_run`` gets each run as it ends."""
     import ray
@@ -73,7 +73,7 @@ def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None 
     storage = results_dir_storage(results_dir)
     own_ray = not ray.is_initialized()
     if own_ray:
-        init_ray(address)
+        init_ray(address, quiet=not verbose)
     runs = []
     try:
         for index, seed in enumerate(spec.seeds):
@@ -100,7 +100,7 @@ def rotated(items: tuple[str, ...], shift: int) -> tuple[str, ...]:
 
 
 def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, storage: str,
-               verbose: int) -> StrategyRun:
+               verbose: bool) -> StrategyRun:
     """A budgeted Ray Tune + Optuna sweep of ``strategy`` (bo_only or hybrid) for ``seed``."""
     from hybrid_hpo.tune.plan import default_study_name, plan_sweep, startup_trials
     from hybrid_hpo.tune.sweep import run_sweep
@@ -109,7 +109,7 @@ def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, s
     plan = plan_sweep(sweep, storage=storage, study_name=default_study_name(sweep.name),
                       results_dir=results_dir / f"{strategy}-seed{seed}")
     start_clock, start = time.time(), time.perf_counter()
-    outcome = run_sweep(sweep, plan, verbose=verbose)
+    outcome = run_sweep(sweep, plan, verbose=verbose, progress=False)  # compare prints a line per run
     wall = time.perf_counter() - start
     return StrategyRun(strategy, seed, wall, trials=len(outcome.histories),
                        records=_records(outcome.histories, start_clock), study_name=outcome.study_name,
@@ -117,7 +117,7 @@ def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, s
                        startup_trials=len(outcome.histories) if sweep.scheduler == "pbt" else startup_trials(sweep, plan))
 
 
-def run_single(spec: CompareSpec, seed: int, results_dir: Path, verbose: int = 0) -> StrategyRun:
+def run_single(spec: CompareSpec, seed: int, results_dir: Path, verbose: bool = False) -> StrategyRun:
     """One bilevel run with the default meta-settings: a one-trial Ray Tune run of the sweeps'
     trainable with their resources per trial, stopped by Ray's ``time_budget_s`` = ``budget_s``."""
     from ray import tune
@@ -131,10 +131,10 @@ def run_single(spec: CompareSpec, seed: int, results_dir: Path, verbose: int = 0
     folder = results_dir / f"ift_defaults-seed{seed}"
     start_clock, start = time.time(), time.perf_counter()
     tuner = tune.Tuner(
-        sweep_trainable(spec.metric, spec.mode, trial_resources(spec)),
+        sweep_trainable(spec.metric, spec.mode, trial_resources(spec), epoch_logs=verbose),
         param_space={**settings, "epochs": RunConfig.from_mapping(settings).epochs},
         tune_config=tune.TuneConfig(num_samples=1, time_budget_s=spec.budget_s),
-        run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(folder), verbose=verbose,
+        run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(folder), verbose=1 if verbose else 0,
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
     grid = tuner.fit()
     wall = time.perf_counter() - start

@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--address", metavar="ADDR", help="join this Ray cluster instead of starting a local Ray")
     sweep.add_argument("--resume", action="store_true",
                        help="continue an interrupted sweep in --results-dir (default: the newest of this spec)")
+    sweep.add_argument("--verbose", action="store_true",
+                       help="Ray Tune's own console output (config and result boxes per trial, checkpoint lines, "
+                            "Ray's notes) instead of one line per finished trial and a progress bar")
     sweep.set_defaults(handler=run_sweep_command)
 
     dashboard = subparsers.add_parser(
@@ -52,7 +55,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     plan = plan_sweep(spec, storage=args.storage, study_name=args.study_name, num_samples=args.num_samples,
                       results_dir=args.results_dir, resume=args.resume)
     try:
-        outcome = run_sweep(spec, plan, address=args.address, spec_path=str(Path(args.spec).resolve()))
+        outcome = run_sweep(spec, plan, address=args.address, spec_path=str(Path(args.spec).resolve()),
+                            verbose=args.verbose)
     except Exception as error:
         if not is_disk_full(error):
             raise

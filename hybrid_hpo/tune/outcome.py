@@ -44,7 +44,7 @@ def result_rows(grid, spec: SweepSpec, budget_spent: bool = False) -> list[dict[
         row.update({key: metrics.get(key, math.nan) for key in shown})
         row["epochs"] = metrics.get("training_iteration", 0)
         row["time_s"] = metrics.get("time_total_s", math.nan)
-        row["status"] = _status(result.error, metrics, budget, budget_spent)
+        row["status"] = trial_status(result.error, metrics, budget, budget_spent)
         rows.append(row)
     sign = 1.0 if spec.mode == "min" else -1.0
     rows.sort(key=lambda r: (math.isnan(r[objective]), sign * r[objective] if not math.isnan(r[objective]) else 0))
@@ -62,7 +62,8 @@ def table_metrics(results: list[dict[str, Any]], objective: str) -> list[str]:
     return list(dict.fromkeys((objective, *ordered)))
 
 
-def _status(error: Any, metrics: dict[str, Any], budget: int, budget_spent: bool) -> str:
+def trial_status(error: Any, metrics: dict[str, Any], budget: int, budget_spent: bool = False) -> str:
+    """done, pruned, unfinished, budget or ERROR (see :func:`result_rows`) from a trial's error and last result."""
     if error is not None:
         return "ERROR"
     if not metrics.get("done"):

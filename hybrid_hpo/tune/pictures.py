@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 PICTURES_DIR = "pictures"
 CURVES_FILE = "curves.png"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+CURVES_MARGINS = {"left": 0.65, "top": 0.1, "gap": 0.85}  # inches (hybrid_hpo.pictures.fixed_layout)
 
 
 def render_trial(trainer: Any, history: Sequence[Mapping[str, float]], checkpoint_dir: str | Path) -> list[Path]:
@@ -54,6 +55,8 @@ def render_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> P
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
+    from hybrid_hpo.pictures import fixed_layout
+
     epochs = [row["epoch"] for row in history]
     kinds = curve_kinds(list(history[0]))
     figure = Figure(figsize=(4 * len(kinds), 3.2), dpi=80)
@@ -66,6 +69,6 @@ def render_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> P
         axes.set_ylabel(kind.replace("_", " "))
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.tight_layout()
+    fixed_layout(figure, 1, len(kinds), **CURVES_MARGINS)
     figure.savefig(path)
     return Path(path)

@@ -3,6 +3,7 @@ checking, with a bound, that a Ray GCS answers there (``ray.init`` alone would r
 or hang on a listener that is not Ray)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -10,27 +11,30 @@ import socket
 from hybrid_hpo.errors import ConfigError
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, quiet: bool = False) -> None:
     """Join the Ray cluster at ``address`` (ConfigError when that fails) or start a local Ray on
-    127.0.0.1 with every CPU of this machine and no dashboard."""
+    127.0.0.1 with every CPU of this machine and no dashboard; ``quiet``: Ray's driver logger
+    prints warnings and errors only (no "Started a local Ray instance")."""
     import ray
 
     from hybrid_hpo.tune.ray_token import make_token_private
 
+    level = logging.WARNING if quiet else logging.INFO
     if address:
         resolved = resolve_address(address)
         if resolved is not None:  # "auto" as found by preflight, never Ray's own "any local Ray" search
             host, port = resolved
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(f"--address: cannot join Ray at {address!r} ({reason}); check the address "
                               "and that this machine runs the cluster's Ray and Python versions") from None
     else:
         make_token_private()
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level=level)
 
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS

@@ -50,7 +50,7 @@ EXPERIMENT_SNAPSHOT_S = 2
 
 
 def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, spec_path: str = "",
-              verbose: int = 1) -> SweepOutcome:
+              verbose: bool = False, progress: bool = True) -> SweepOutcome:
     """Check the inputs (:func:`~hybrid_hpo.tune.preflight.preflight`), hold the results dir's
     lock for the whole run (one driver per dir, :mod:`~hybrid_hpo.tune.lock`), verify Ray's state
     before a resume unpickles it (:mod:`~hybrid_hpo.tune.trust`), start (or join, with
@@ -58,9 +58,14 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
 
     Ray is initialised here only if it is not running in this process yet, and shut down at the
     end only if it was started here.
+
+    Console: ``progress`` prints a line per finished trial and a progress bar
+    (:mod:`~hybrid_hpo.tune.console`); Ray's own console output (its config and result boxes,
+    checkpoint lines, snapshot warnings) only with ``verbose``, which replaces that progress.
     """
     import ray
 
+    from hybrid_hpo.tune.console import quiet_console
     from hybrid_hpo.tune.lock import results_dir_lock
     from hybrid_hpo.tune.trust import RayStateSigner, load_key, verify
 
@@ -78,7 +83,7 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
                 signer = RayStateSigner(plan.results_dir, key)
             own_ray = not ray.is_initialized()
             if own_ray:
-                init_ray(address)
+                init_ray(address, quiet=not verbose)
         except ConfigError:
             if created:
                 remove_lock_only_dir(plan.results_dir)
@@ -86,7 +91,8 @@ def run_sweep(spec: SweepSpec, plan: SweepPlan, *, address: str | None = None, s
         previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
         try:
             check_resources(spec, ray.cluster_resources())
-            outcome = _fit(spec, plan, storage, signer, spec_path, verbose)
+            with quiet_console(not verbose):
+                outcome = _fit(spec, plan, storage, signer, spec_path, verbose, progress)
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
             if own_ray:
@@ -114,7 +120,8 @@ def remove_lock_only_dir(results_dir: Path) -> None:
         results_dir.rmdir()
 
 
-def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verbose: int) -> SweepOutcome:
+def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verbose: bool,
+         progress: bool) -> SweepOutcome:
     from ray import tune
 
     from optuna.trial import TrialState
@@ -127,7 +134,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
     storage = storage if storage is not None else make_storage(plan.storage, plan.results_dir)
     url = storage_url(storage) or str(plan.storage)
     pbt = spec.scheduler == "pbt"
-    trainable = sweep_trainable(spec.metric, spec.mode, trial_resources(spec), digests=pbt)
+    trainable = sweep_trainable(spec.metric, spec.mode, trial_resources(spec), digests=pbt, epoch_logs=verbose)
     watchdog = PendingWatchdog(spec.pending_timeout_s)
     experiment_dir = plan.results_dir / EXPERIMENT_NAME
     moved = partial(storage_moved, plan.storage_moved_from, url)
@@ -146,7 +153,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
         write_metadata(spec, plan, url, spec_path)
         tuner = tune.Tuner(trainable, param_space=_param_space(spec),
                            tune_config=_tune_config(spec, plan, searcher),
-                           run_config=_run_config(spec, plan, verbose, watchdog, searcher))
+                           run_config=_run_config(spec, plan, verbose, watchdog, searcher, progress and not verbose))
         signer.sign_file("tuner.pkl", experiment_dir / "tuner.pkl")
     fit_started = time.perf_counter()
     with moved(), signing(signer, on_restore=partial(_follow_move, results_dir=plan.results_dir)):
@@ -166,15 +173,17 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
                         histories=histories, budget_spent=budget_spent, stopped_because=watchdog.message)
 
 
-def sweep_trainable(metric: str, mode: str, resources: dict[str, float], digests: bool = False):
+def sweep_trainable(metric: str, mode: str, resources: dict[str, float], digests: bool = False,
+                    epoch_logs: bool = True):
     """IFTTrainable reporting ``metric`` and ``<metric>_best`` (:mod:`hybrid_hpo.objective`), with
-    ``resources`` per trial (its torch threads = its CPUs); ``digests``: also λ digests (PBT)."""
+    ``resources`` per trial (its torch threads = its CPUs); ``digests``: also λ digests (PBT);
+    ``epoch_logs=False``: the actors' per-epoch log lines stay off the console."""
     from ray import tune
 
     from hybrid_hpo.tune.trainable import IFTTrainable
 
-    return tune.with_resources(tune.with_parameters(IFTTrainable, metric=metric, mode=mode, digests=digests),
-                               resources)
+    return tune.with_resources(tune.with_parameters(IFTTrainable, metric=metric, mode=mode, digests=digests,
+                                                    epoch_logs=epoch_logs), resources)
 
 
 def _param_space(spec: SweepSpec) -> dict:
@@ -218,19 +227,25 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
                            mode=spec.mode, reuse_actors=True, time_budget_s=spec.time_budget_s)
 
 
-def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: int, watchdog=None, searcher=None):
+def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: bool, watchdog=None, searcher=None,
+                progress: bool = False):
     """Ray's RunConfig; ``watchdog`` (a PendingWatchdog) bounds the wait for trials nobody can place;
-    with PBT, ``searcher`` hears of every trial through a callback (:mod:`hybrid_hpo.tune.pbt`)."""
+    with PBT, ``searcher`` hears of every trial through a callback (:mod:`hybrid_hpo.tune.pbt`);
+    ``progress`` adds our console lines, ``verbose`` Ray's (both are pickled with the experiment,
+    so a resumed sweep prints as it did before)."""
     from ray import tune
 
+    from hybrid_hpo.tune.console import ConsoleProgress
     from hybrid_hpo.tune.pbt import NUM_TO_KEEP, study_recorder
 
     callbacks = [watchdog] if watchdog is not None else []
     if spec.scheduler == "pbt" and searcher is not None:
         callbacks.append(study_recorder(searcher, list(spec.search)))
+    if progress:
+        callbacks.append(ConsoleProgress(list(spec.search), spec.metric, base_config(spec)["epochs"]))
     return tune.RunConfig(
         callbacks=callbacks or None, stop=watchdog.stopper if watchdog else None,
-        name=EXPERIMENT_NAME, storage_path=str(plan.results_dir), verbose=verbose,
+        name=EXPERIMENT_NAME, storage_path=str(plan.results_dir), verbose=1 if verbose else 0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=NUM_TO_KEEP if spec.scheduler == "pbt" else 2,
                                                 checkpoint_frequency=spec.checkpoint_every, checkpoint_at_end=True),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

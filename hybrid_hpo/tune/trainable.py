@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -89,9 +90,17 @@ class IFTTrainable(tune.Trainable):
     """
 
     def setup(self, config: dict[str, Any], task: TaskSource = None, metric: str = DEFAULT_METRIC,
-              mode: str = "min", digests: bool = False) -> None:
+              mode: str = "min", digests: bool = False, epoch_logs: bool = True) -> None:
+        """``epoch_logs=False`` (``hybrid-hpo sweep`` without ``--verbose``) keeps this actor's
+        per-epoch lines off the console: Ray Train's note with the path of every checkpoint and the
+        trainer's warning per epoch with rejected hyper steps (the sweep's line per trial counts them),
+        and Ray Tune's note on a slow ``setup``."""
         self.task_source, self.metric, self.mode, self.digests = task, metric, mode, digests
         self.restored: dict[str, Any] = {}
+        if not epoch_logs:
+            for name in ("ray.train", "ray.tune"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger("hybrid_hpo.bilevel").setLevel(logging.ERROR)
         resources = self.trial_resources
         cpus = resources.required_resources.get("CPU", 0) if resources is not None else 0
         if cpus >= 1:  # one intra-op thread per CPU Ray reserved for this trial
