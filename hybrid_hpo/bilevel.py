@@ -284,16 +284,18 @@ class BilevelTrainer:
             raise ValueError(f"unsupported trainer state format {state.get('format')!r}; expected {_STATE_FORMAT}")
         self.model.load_state_dict(state["model"])
         self.family.load_state_dict(state["hparams"])
-        self.inner_optimizer.load_state_dict(state["inner_optimizer"])
+        # Copies: an optimizer keeps the tensors it is given (momentum, Adam moments) and steps them in
+        # place, so two trainers restored from one state would otherwise share, and change, them.
+        self.inner_optimizer.load_state_dict(copy.deepcopy(state["inner_optimizer"]))
         if self.hyper_optimizer is not None:
-            self.hyper_optimizer.load_state_dict(state["hyper_optimizer"])
+            self.hyper_optimizer.load_state_dict(copy.deepcopy(state["hyper_optimizer"]))
         for optimizer, lr in ((self.inner_optimizer, self.config.inner_lr), (self.hyper_optimizer, self.config.hyper_lr)):
             for group in optimizer.param_groups if optimizer is not None else ():
                 group["lr"] = lr  # load_state_dict restored the saved run's
         self.generator.set_state(state["generator"].cpu())
         self.epoch = int(state["epoch"])
         self.inner_step_count = int(state["inner_step_count"])
-        self.solver_state = _to_device(state.get("solver_state"), self.device)  # absent in older states
+        self.solver_state = _to_device(copy.deepcopy(state.get("solver_state")), self.device)  # absent in older states
 
 
 def _to_device(value, device: torch.device):

@@ -1,4 +1,5 @@
 """BilevelTrainer (Algorithm 2) on digits, CPU: the hypergradient helps, rejection, exact restore."""
+import copy
 import dataclasses
 import io
 import math
@@ -145,6 +146,23 @@ def test_state_dict_restore_continues_bit_for_bit(solver):
         assert torch.equal(a, b)
     if solver is not None:  # the state mattered: restarting the solver cold changes λ
         assert not all(torch.equal(a, b) for a, b in zip(weights_and_lambdas(cold), weights_and_lambdas(original)))
+
+
+def test_two_trainers_restored_from_one_state_share_nothing():
+    """Optimizer moments and the solver state are copied on load: training one restored trainer
+    leaves the state and the other trainer untouched, so both continue alike."""
+    config = {"epochs": 2, "inner_steps": 4, **WARM_SOLVERS["cg"]}
+    original = make(**config)
+    original.train_epoch()
+    state = original.state_dict()
+    snapshot = copy.deepcopy(state)
+    first, second = make(**config), make(**config)
+    first.load_state_dict(state)
+    second.load_state_dict(state)
+    metrics = without_time(first.train_epoch())
+    assert torch.equal(state["inner_optimizer"]["state"][0]["momentum_buffer"],
+                       snapshot["inner_optimizer"]["state"][0]["momentum_buffer"])
+    assert without_time(second.train_epoch()) == metrics
 
 
 def test_same_seed_same_metrics_other_seed_differs():

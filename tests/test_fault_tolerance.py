@@ -116,6 +116,18 @@ def test_killed_trial_process_resumes_from_its_checkpoint_and_is_told_once(ray_s
     assert [r["val_loss"] for r in reference] == [r["val_loss"] for r in lines]
 
 
+def _terminated_in_snapshot(experiment_dir: Path) -> set[str]:
+    """Ray trial ids that the newest experiment snapshot records as TERMINATED (none while that
+    snapshot is being written)."""
+    snapshots = sorted(experiment_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        state = json.loads(snapshots[-1].read_text()) if snapshots else {}
+        trials = [json.loads(trial) for trial, _ in state.get("trial_data", [])]
+    except (OSError, ValueError):
+        return set()
+    return {trial["trial_id"] for trial in trials if trial.get("status") == "TERMINATED"}
+
+
 def _completed(experiment_dir: Path, epochs: int) -> dict[str, str]:
     """Ray trial id -> result.json text, for trials whose result.json ends with their last epoch."""
     done = {}
@@ -138,17 +150,14 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating_trials(ray_sessi
                                str(results)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     experiment = results / "tune"
     before: dict[str, str] = {}
-    first_seen: dict[str, float] = {}  # trial id -> when its completion was first observed
     try:
         deadline = time.monotonic() + 1200  # a hang guard: the kill waits for a finished trial, however slow
         while time.monotonic() < deadline and driver.poll() is None:
             done = _completed(experiment, epochs)
-            for tid in done:
-                first_seen.setdefault(tid, time.time())
-            snapshot = max((p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")), default=0.0)
-            # Kill once Ray's experiment snapshot is newer than some completion by a second: that snapshot
-            # records those trials as finished. Trials that finished later are not in `before`.
-            covered = {tid: text for tid, text in done.items() if first_seen[tid] + 1.0 < snapshot}
+            # Kill once Ray's newest experiment snapshot records some finished trials as TERMINATED (a
+            # trial is recorded so only after its final checkpoint, which may take seconds under load;
+            # no clock is involved). Trials that finished later are not in `before`.
+            covered = {tid: text for tid, text in done.items() if tid in _terminated_in_snapshot(experiment)}
             if covered and len(done) < trials:
                 before = covered
                 os.kill(driver.pid, signal.SIGKILL)  # the `hybrid-hpo sweep` process itself
