@@ -3,32 +3,23 @@
 Run inside a loopback-only network namespace (README's test command): Ray would otherwise listen on the
 machine's external interface. The cluster is two ``ray start`` nodes on 127.0.0.1 with one CPU and
 a capped object store each, token authentication, their own ports and their own RAY_TMPDIR, so
-they never meet the session's local Ray; the test stops exactly the processes carrying that
-RAY_TMPDIR. PostgreSQL is Debian's server, started by the test in a temporary folder on a free
-127.0.0.1 port (as the postgres user, in a user namespace: the server refuses to run as root).
+they never meet the session's local Ray; PostgreSQL is Debian's server on a free 127.0.0.1 port.
+Both are started and stopped by tests/services.py (shared with bench/outer_scale.py).
 """
 from __future__ import annotations
 
-import glob
 import json
-import os
 import re
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from hybrid_hpo import cli
-from processes import kill_all, processes_with_env
+from services import postgres_bin, postgres_server, ray_cluster
 
 SPEC = """
 task: {dataset: digits, model: mlp, hidden: [16]}
@@ -42,49 +33,16 @@ max_concurrent: 2
 resources: {cpu: 1, gpu: 0}
 checkpoint_every: 0
 """
-OBJECT_STORE_BYTES = 80 * 1024**2  # Ray's minimum is 75 MiB
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def _node_ports() -> list[str]:
-    """Fixed ports a node would otherwise take from Ray's defaults (equal for two nodes on one host)."""
-    (manager, objects, agent, metrics, runtime_env) = _free_ports(5)
-    return [f"--node-manager-port={manager}", f"--object-manager-port={objects}",
-            f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
-            f"--runtime-env-agent-port={runtime_env}"]
 
 
 @pytest.fixture
 def two_node_cluster():
     """(address, env): a head and a worker node on 127.0.0.1, 1 CPU each, token authentication."""
-    ray_bin = Path(sys.executable).with_name("ray")
-    tmpdir = tempfile.mkdtemp(prefix="hc", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    env = dict(os.environ, RAY_TMPDIR=tmpdir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-               RAY_USAGE_STATS_ENABLED="0")
-    (port,) = _free_ports(1)
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
-              f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats"]
     try:
-        subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--include-dashboard=false", *common,
-                        *_node_ports()], env=env, check=True, capture_output=True, text=True, timeout=600)
-        subprocess.run([str(ray_bin), "start", f"--address=127.0.0.1:{port}", *common, *_node_ports()],
-                       env=env, check=True, capture_output=True, text=True, timeout=600)
-        yield f"127.0.0.1:{port}", env
+        with ray_cluster(nodes=2) as started:
+            yield started
     except subprocess.CalledProcessError as error:
         pytest.fail(f"ray start failed: {error.stdout[-2000:]}\n{error.stderr[-2000:]}")
-    finally:
-        kill_all(f"RAY_TMPDIR={tmpdir}")  # never `ray stop`: it would stop every Ray on the machine
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    assert not processes_with_env(f"RAY_TMPDIR={tmpdir}")
 
 
 def test_sweep_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, tmp_path):
@@ -122,47 +80,15 @@ def test_sweep_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, tmp_path
 
 
 # ------------------------------------------------------------------------------------------ PostgreSQL
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
-    return Path(found[-1]).parent if found else None
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     """postgresql://hpo:<password>@127.0.0.1:<port>/hpo on a throwaway server, stopped afterwards."""
-    bindir = _postgres_bin()
+    bindir = postgres_bin()
     if bindir is None or shutil.which("unshare") is None:
         pytest.skip("PostgreSQL server not installed (Debian package postgresql; .ci/system-packages.sh installs it)")
     pytest.importorskip("psycopg", reason="psycopg is not installed (the dev extra has psycopg[binary])")
-    import pwd
-
-    postgres = pwd.getpwnam("postgres")
-    as_postgres = ["unshare", "--user", f"--map-user={postgres.pw_uid}", f"--map-group={postgres.pw_gid}"]
-    root = Path(tempfile.mkdtemp(prefix="hybrid-hpo-pg-"))
-    password = secrets.token_hex(12)
-    (root / "pw").write_text(password + "\n")
-    (port,) = _free_ports(1)
-    data = root / "data"
-    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "hpo", "--auth=scram-sha-256",
-                    f"--pwfile={root / 'pw'}", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-    (root / "pw").unlink()
-    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
-                    "-o", f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''", "start"],
-                   check=True, capture_output=True, timeout=120)
-    postmaster = int((data / "postmaster.pid").read_text().split()[0])
-    try:
-        import psycopg
-
-        with psycopg.connect(host="127.0.0.1", port=port, user="hpo", password=password, dbname="postgres",
-                             autocommit=True) as connection:  # CREATE DATABASE cannot run in a transaction
-            connection.execute("CREATE DATABASE hpo")
-        yield f"postgresql://hpo:{password}@127.0.0.1:{port}/hpo"
-    finally:
-        os.kill(postmaster, signal.SIGINT)  # "fast" shutdown of exactly our server
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and Path(f"/proc/{postmaster}").exists():
-            time.sleep(0.1)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server(bindir) as url:
+        yield url
 
 
 def test_two_drivers_share_one_postgres_study_without_leaking_the_password(ray_session, postgres_url, tmp_path,
