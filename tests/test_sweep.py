@@ -95,11 +95,11 @@ def _check_trial_lines(out: str, histories: dict[str, list[dict]], total: int) -
         last = history[-1]
         shown = [line for line in lines if f"] trial {ray_id} done, {EPOCHS} epochs in " in line]
         assert len(shown) == 1, (ray_id, lines)
-        expected = trial_line(ray_id, last["config"], last, ["inner_lr", "hyper_lr"], "val_loss", EPOCHS)
+        expected = trial_line(ray_id, last["config"], last, ["inner_lr", "hyper_lr"], "sel_loss", EPOCHS)
         assert f"] {expected}" in shown[0]  # (then how many hyper steps were rejected, if any)
         for key in ("inner_lr", "hyper_lr"):
             assert f"{key}={last['config'][key]:.4g}" in shown[0]
-        for key in ("val_loss", "val_acc", "test_loss", "test_acc"):
+        for key in ("sel_loss", "val_loss", "val_acc", "test_loss", "test_acc"):
             assert f"{key}={last[key]:.4g}" in shown[0]
     assert "╭" not in out and "Trial status" not in out and "Checkpoint successfully created" not in out
 
