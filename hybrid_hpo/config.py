@@ -150,12 +150,13 @@ class RunConfig:
         ConfigError on an unknown key, a value of the wrong type, or a bad value.
         """
         plain, dotted, family = {}, {}, {}
+        own, options = field_names() + _OPTION_FIELDS, family_option_names()
         for key in sorted(values):
             if key.startswith(SOLVER_PREFIX):
                 dotted[key.removeprefix(SOLVER_PREFIX)] = values[key]
-            elif key in field_names() or key in _OPTION_FIELDS:
+            elif key in own:
                 plain[key] = values[key]
-            elif key in family_option_names():
+            elif key in options:
                 family[key] = values[key]
             else:
                 raise ConfigError(unknown_setting_message(key))
