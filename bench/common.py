@@ -35,24 +35,35 @@ import torch.nn.functional as F  # noqa: E402
 
 _LIBC = ctypes.CDLL("libc.so.6")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_clock: Callable[[], float] = time.perf_counter  # what interleaved() reads; header() sets it from --clock
 
 
 def add_common_args(parser, threads: int = 1) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=threads, help=f"torch CPU threads (default {threads})")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="what a timing measures: wall time (default) or this process's CPU time "
+                             "(time.process_time; CPU device only), which other processes on shared cores "
+                             "inflate far less than wall time")
 
 
 def header(args, title: str) -> torch.device:
     """Set threads, print the machine line and the load average; return the device."""
+    global _clock
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch on this machine")
+    clock = getattr(args, "clock", "wall")
+    if clock == "cpu" and device.type != "cpu":
+        raise SystemExit("--clock cpu: CPU time measures only work on --device cpu; use --clock wall")
+    _clock = time.process_time if clock == "cpu" else time.perf_counter
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"# {title}")
     print(f"# machine: {platform.node()} {name}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"device={device}, threads={torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"device={device}, threads={torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"clock={clock}")
     print(f"# load average at start: {fmt_load()}")
     return device
 
@@ -72,7 +83,8 @@ def sync(device: torch.device) -> None:
 
 def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, device: torch.device,
                 warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times of each contender, run A, B, C, A, B, C, ... so load drifts hit all alike."""
+    """Times of each contender (wall or CPU, per ``--clock``), run A, B, C, A, B, C, ... so load
+    drifts hit all alike."""
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
@@ -81,10 +93,10 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, devic
     for _ in range(repeats):
         for name, fn in contenders.items():
             sync(device)
-            start = time.perf_counter()
+            start = _clock()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(_clock() - start)
     return times
 
 

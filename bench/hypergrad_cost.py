@@ -28,10 +28,13 @@ from pathlib import Path
 import torch
 
 from hybrid_hpo import ConjugateGradient, Identity, Neumann, Nystrom, hypergradient
+from hybrid_hpo.implicit.tensor_list import all_finite
 
 
-def lean_floor(problem, hvps: int) -> None:
-    """Reverse-over-reverse: the irreducible autograd work of a K-HVP hypergradient."""
+def lean_floor(problem, hvps: int, checked: bool = False) -> None:
+    """Reverse-over-reverse: the irreducible autograd work of a K-HVP hypergradient. ``checked``
+    adds the two passes over λ every usable hypergradient needs: the sign (direct − mixed) and the
+    finiteness check that lets a trainer reject a diverged step instead of applying NaN."""
     w = [t.detach().requires_grad_(True) for t in problem.params.values()]
     lam = [t.detach().requires_grad_(True) for t in problem.hparams.values()]
     named_w, named_lam = dict(zip(problem.params, w)), dict(zip(problem.hparams, lam))
@@ -39,7 +42,10 @@ def lean_floor(problem, hvps: int) -> None:
     grads = torch.autograd.grad(problem.train_loss(named_w, named_lam), w, create_graph=True)
     for _ in range(hvps):
         v = torch.autograd.grad(grads, w, grad_outputs=v, retain_graph=True)
-    torch.autograd.grad(grads, lam, grad_outputs=v)
+    mixed = list(torch.autograd.grad(grads, lam, grad_outputs=v))
+    if checked:
+        torch._foreach_neg_(mixed)
+        bool(all_finite(mixed))
 
 
 def forward_over_reverse_floor(problem, hvps: int) -> None:
@@ -104,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20, 50])
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory part (fresh processes)")
     parser.set_defaults(repeats=3)
     args = parser.parse_args()
     device = common.header(args, "hypergradient time / lean floor (bench/hypergrad_cost.py)")
@@ -111,11 +118,14 @@ def main() -> None:
     print(f"# MLP 64-1024-1024-10 tanh, batch 256, {problem.num_weights:,} weights and as many hyperparameters")
     gradient_and_hvp_times(problem, args.repeats, device)
 
-    print(f"{'solver':<10}{'K':>4}{'ours ms':>10}{'floor ms':>10}  {'ours/floor':<18}")
+    print("# checked floor: the floor plus the sign and finiteness passes over λ every usable hypergradient needs")
+    print(f"{'solver':<10}{'K':>4}{'ours ms':>10}{'floor ms':>10}  {'ours/floor':<18}{'ours/checked floor':<18}")
     for_rows = []
     identity_done = False
     for k in args.ks:
         contenders = {"floor": lambda: lean_floor(problem, k), "floor0": lambda: lean_floor(problem, 0),
+                      "checked": lambda: lean_floor(problem, k, checked=True),
+                      "checked0": lambda: lean_floor(problem, 0, checked=True),
                       "for": lambda: forward_over_reverse_floor(problem, k)}
         for name, solver in solvers_for(k).items():
             if name == "identity" and identity_done:
@@ -126,16 +136,19 @@ def main() -> None:
         for name in solvers_for(k):
             if name not in times:
                 continue
-            floor = times["floor0"] if name == "identity" else times["floor"]
+            zero = "0" if name == "identity" else ""
+            floor, checked = times["floor" + zero], times["checked" + zero]
             print(f"{name:<10}{0 if name == 'identity' else k:>4}{common.median_ms(times[name]):>10.0f}"
-                  f"{common.median_ms(floor):>10.0f}  {common.ratio(times[name], floor)!s:<18}", flush=True)
+                  f"{common.median_ms(floor):>10.0f}  {common.ratio(times[name], floor)!s:<18}"
+                  f"{common.ratio(times[name], checked)!s:<18}", flush=True)
         for_rows.append((k, common.median_ms(times["for"]), common.median_ms(times["floor"]),
                          common.ratio(times["for"], times["floor"])))
     print("\n# forward-over-reverse (torch.func.jvp of grad) versus reverse-over-reverse (graph reused) floors")
     print(f"{'K':>4}{'FoR ms':>10}{'RoR ms':>10}  {'FoR/RoR':<18}")
     for k, t_for, t_ror, r in for_rows:
         print(f"{k:>4}{t_for:>10.0f}{t_ror:>10.0f}  {r!s:<18}")
-    peak_memory_k10_vs_k100(args)
+    if not args.no_memory:
+        peak_memory_k10_vs_k100(args)
     common.footer()
 
 

@@ -246,6 +246,25 @@ def test_nystrom_recovers_a_low_rank_matrix_from_a_few_columns():
     assert relative_error(truncated.p, reference(matrix, v, damping=rho)) > 1e-3
 
 
+def test_nystrom_sketch_samples_distinct_coordinates_fixed_by_its_seed():
+    """The sketch's columns are H e_j for k distinct coordinates j: with H diagonal each sampled
+    column has its one non-zero at j, across the tensors of the list."""
+    diagonal = torch.linspace(1.0, 2.0, N, dtype=torch.float64)
+    v = random_vector()
+
+    def sampled(seed: int) -> list[int]:
+        rows = Nystrom(rank=7, rho=0.1, seed=seed).sketch(operator(torch.diag(diagonal)), v)["rows"]
+        columns = torch.cat(rows, dim=1)  # (k, N): column j of H for each sample
+        assert torch.equal((columns != 0).sum(dim=1), torch.ones(7, dtype=torch.long))
+        picked = columns.abs().argmax(dim=1)
+        assert torch.allclose(columns[torch.arange(7), picked], diagonal[picked])
+        return picked.tolist()
+
+    first = sampled(0)
+    assert len(set(first)) == 7 and first == sampled(0)
+    assert sampled(1) != first
+
+
 def test_exact_flags_a_singular_hessian_with_its_residual():
     """H singular (a zero eigenvalue) and v partly in its null space: no p solves Hp = v. Exact must
     report the residual of what it returns and flag it, not hand back a huge p as a solution."""
@@ -339,9 +358,21 @@ def test_make_solver_builds_the_registered_class_with_its_own_options():
         ([[1.0, float("nan")], [3.0]], False),
         ([[1.0, 2.0], [-float("inf")]], False),
         ([[3e38, -3e38], [3e38]], True),  # huge but finite: no overflow in the check
+        ([[], [1.0]], True),  # an empty tensor has no entry to be non-finite
+        ([[], [float("nan")]], False),
+        ([[]], True),
     ],
 )
-def test_all_finite_detects_nan_and_inf_without_overflowing(values, finite):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_all_finite_detects_nan_and_inf_without_overflowing(values, finite, dtype):
     from hybrid_hpo.implicit.tensor_list import all_finite
 
-    assert bool(all_finite([torch.tensor(v, dtype=torch.float32) for v in values])) is finite
+    tensors = [torch.tensor(v, dtype=dtype) for v in values]
+    if dtype == torch.bfloat16 and finite:
+        tensors = [t.clamp(-1e38, 1e38) for t in tensors]  # bfloat16 holds up to ~3.4e38 too
+    assert bool(all_finite(tensors)) is finite
+    # the check reads each entry: a non-finite value anywhere in a large tensor is found
+    big = torch.randn(1000, 37, dtype=dtype)
+    assert bool(all_finite([big, *tensors])) is finite
+    big[999, 36] = float("inf")
+    assert not bool(all_finite([big, *tensors]))

@@ -47,11 +47,21 @@ def zeros_like(x: Sequence[Tensor]) -> TensorList:
 
 
 def all_finite(x: Sequence[Tensor]) -> Tensor:
-    """A 0-dim bool tensor: every entry of every tensor is finite.
+    """A 0-dim bool tensor: every entry of every tensor is finite (True for no entries).
 
-    One fused max-|x| reduction per list (NaN and ±inf propagate through it, and it cannot overflow),
-    instead of an elementwise ``isfinite`` mask per tensor."""
-    return torch.isfinite(torch.stack(torch._foreach_norm(list(x), float("inf")))).all()
+    Reduces each tensor to its extremes, which NaN and ±inf reach and which cannot overflow: on CUDA
+    one fused max-|x| kernel over the list (``_foreach_norm`` of order ∞); on CPU ``aminmax`` per
+    tensor, because the CPU kernel of the ∞-norm is not vectorised — on the 1.1M-weight MLP's
+    tensors it took 3.7 ms against 0.4 ms for ``aminmax`` (1 thread), and a hypergradient makes two
+    of these checks (the solver's and the result's)."""
+    tensors = [t for t in x if t.numel()]
+    if not tensors:
+        return torch.ones((), dtype=torch.bool, device=x[0].device if len(x) else None)
+    if tensors[0].device.type == "cpu":
+        extremes = torch.stack([m for t in tensors for m in torch.aminmax(t)])
+    else:
+        extremes = torch.stack(torch._foreach_norm(tensors, float("inf")))
+    return torch.isfinite(extremes).all()
 
 
 def flatten(x: Sequence[Tensor], batch: bool = False) -> Tensor:
