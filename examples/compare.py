@@ -66,30 +66,37 @@ def _finals(runs: list[StrategyRun], spec: CompareSpec, strategy: str) -> dict[i
     return {seed: pick[spec.report] if pick else float("nan") for seed, pick in picks.items()}
 
 
+def _scale(spec: CompareSpec) -> tuple[float, int, str]:
+    """Accuracies in % (differences in points), any other metric as it is: (factor, digits, unit)."""
+    return (100.0, 1, " (%)") if spec.report.endswith("acc") else (1.0, 3, "")
+
+
 def paired_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     """Per seed: the hybrid's test metric minus each other strategy's (same split), and the mean."""
+    scale, digits, unit = _scale(spec)
     hybrid = _finals(runs, spec, "hybrid")
-    lines = [f"| hybrid − … ({spec.report}, points) | " + " | ".join(f"seed {s}" for s in hybrid) + " | mean |",
-             "|---|" + "---|" * (len(hybrid) + 1)]
+    lines = [f"| hybrid − … ({spec.report}{unit}, {spec.report_mode} is better) | "
+             + " | ".join(f"seed {s}" for s in hybrid) + " | mean |", "|---|" + "---|" * (len(hybrid) + 1)]
     for other in ("bo_only", "ift_defaults"):
         theirs = _finals(runs, spec, other)
-        deltas = [100 * (hybrid[s] - theirs[s]) for s in hybrid]
-        lines.append(f"| {LABELS[other]} | " + " | ".join(f"{d:+.1f}" for d in deltas)
-                     + f" | {statistics.fmean(deltas):+.1f} |")
+        deltas = [scale * (hybrid[s] - theirs[s]) for s in hybrid]
+        lines.append(f"| {LABELS[other]} | " + " | ".join(f"{d:+.{digits}f}" for d in deltas)
+                     + f" | {statistics.fmean(deltas):+.{digits}f} |")
     return "\n".join(lines)
 
 
 def anytime_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     """Mean over seeds of each strategy's test metric at fractions of the budget."""
-    lines = [f"| {spec.report} (%) at | " + " | ".join(f"{f:.0%} of {spec.budget_s:g} s" for f in FRACTIONS) + " |",
+    scale, digits, unit = _scale(spec)
+    lines = [f"| {spec.report}{unit} at | " + " | ".join(f"{f:.0%} of {spec.budget_s:g} s" for f in FRACTIONS) + " |",
              "|---|" + "---|" * len(FRACTIONS)]
     for strategy in strategies(spec):
         chains = [incumbents(r.records, spec.metric, spec.mode, spec.budget_s) for r in runs if r.strategy == strategy]
         cells = []
         for fraction in FRACTIONS:
             values = [incumbent_at(chain, fraction * spec.budget_s, spec.report) for chain in chains]
-            finite = [100 * v for v in values if v == v]
-            cells.append(f"{statistics.fmean(finite):.1f} ({len(finite)}/{len(values)} seeds)" if finite else "—")
+            finite = [scale * v for v in values if v == v]
+            cells.append(f"{statistics.fmean(finite):.{digits}f} ({len(finite)}/{len(values)} seeds)" if finite else "—")
         lines.append(f"| {LABELS[strategy]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
