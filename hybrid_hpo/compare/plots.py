@@ -66,7 +66,8 @@ def plot_test_vs_time(runs: Sequence[StrategyRun], spec: CompareSpec, path: Path
     axes.set_ylabel(f"{spec.report} of the best-{spec.metric} pick" + ("" if scale == 1.0 else " (%)"))
     axes.set_title(f"{spec.name}: budget {spec.budget_s:g} s per strategy and seed", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right" if spec.report_mode == "max" else "upper right")
+    if finals:  # a comparison without any pick has no line to label
+        axes.legend(fontsize=8, loc="lower right" if spec.report_mode == "max" else "upper right")
     figure.tight_layout()
     figure.savefig(path)
     return path
