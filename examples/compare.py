@@ -42,8 +42,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.saved:
         saved = json.loads(args.saved.read_text())
+        for name, strategy in saved["spec"]["strategies"].items():  # compare.json holds every field's value,
+            if name != "pbt":                                            # PBT's own ones of every strategy too
+                strategy.pop("population", None), strategy.pop("pbt", None)
         spec = validate_compare_spec(saved["spec"], source=str(args.saved))
-        runs = [StrategyRun(**run) for run in saved["runs"]]
+        runs = [StrategyRun(**{k: v for k, v in run.items() if k != "guided"}) for run in saved["runs"]]  # a property
         if args.plots:
             args.plots.mkdir(parents=True, exist_ok=True)
             plot_test_vs_time(runs, spec, args.plots / f"{spec.name}_test_vs_time.png")
@@ -75,7 +78,8 @@ def paired_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     """Per seed: the hybrid's test metric minus each other strategy's (same split), and the mean."""
     scale, digits, unit = _scale(spec)
     hybrid = _finals(runs, spec, "hybrid")
-    lines = [f"| hybrid − … ({spec.report}{unit}, {spec.report_mode} is better) | "
+    better = "higher" if spec.report_mode == "max" else "lower"
+    lines = [f"| hybrid − … ({spec.report}{unit}, {better} is better) | "
              + " | ".join(f"seed {s}" for s in hybrid) + " | mean |", "|---|" + "---|" * (len(hybrid) + 1)]
     for other in ("bo_only", "ift_defaults"):
         theirs = _finals(runs, spec, other)
@@ -96,7 +100,8 @@ def anytime_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
         for fraction in FRACTIONS:
             values = [incumbent_at(chain, fraction * spec.budget_s, spec.report) for chain in chains]
             finite = [scale * v for v in values if v == v]
-            cells.append(f"{statistics.fmean(finite):.{digits}f} ({len(finite)}/{len(values)} seeds)" if finite else "—")
+            mean = f"{statistics.fmean(finite):.{digits}f}" if finite else ""
+            cells.append(f"{mean} ({len(finite)}/{len(values)} seeds)" if finite else "—")
         lines.append(f"| {LABELS[strategy]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -55,7 +55,8 @@ def test_shipped_regression_comparison_reports_test_mse_lower_is_better():
 
 @pytest.mark.parametrize("changes, message", [
     ({"report_mode": None}, "report_mode: test_mse is your task's metric; say whether lower or higher is better"),
-    ({"report": "test_loss", "report_mode": "max"}, "report_mode: max of test_loss looks inverted; use report_mode: min"),
+    ({"report": "test_loss", "report_mode": "max"},
+     "report_mode: max of test_loss looks inverted; use report_mode: min"),
     ({"report": "test_acc", "report_mode": "min"}, "report_mode: min of test_acc looks inverted; use report_mode: max"),
 ])
 def test_the_report_direction_is_known_or_stated(changes, message):

@@ -110,7 +110,8 @@ class CompareSpec(BaseModel):
             raise ValueError(f"report_mode: {self.report} is your task's metric; say whether lower or higher is "
                              "better (report_mode: min or report_mode: max)")
         if known is not None and self.report_mode not in (None, known):
-            raise ValueError(f"report_mode: {self.report_mode} of {self.report} looks inverted; use report_mode: {known}")
+            raise ValueError(f"report_mode: {self.report_mode} of {self.report} looks inverted; "
+                             f"use report_mode: {known}")
         self.report_mode = self.report_mode or known
         return self
 

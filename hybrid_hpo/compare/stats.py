@@ -67,4 +67,3 @@ def paired_test(a: str, b: str, values_a: Sequence[float], values_b: Sequence[fl
     better = mean > 0 if higher_is_better else mean < 0
     verdict = "tie" if not p < LEVEL else ("win" if better else "loss")
     return Paired(a, b, n, mean, mean - half, mean + half, t, p, verdict)
-
