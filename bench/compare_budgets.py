@@ -56,7 +56,7 @@ def main() -> None:
             startup = STARTUP_TRIALS if search.startup_trials is None else search.startup_trials
             trial = settings[name].epochs * cpu
             started = int(spec.max_concurrent * spec.budget_s / trial)
-            label = "bo_only" if name == "bo_only" else "ift_defaults (≈ a hybrid trial)"
+            label = "bo_only" if name == "bo_only" else "ift_defaults (hybrid: mostly cheaper)"
             print(f"| {spec.name} ({spec.budget_s:g} s) | {label} | {wall:.3f} | {cpu:.3f} | {settings[name].epochs} "
                   f"| {trial:.1f} | {started} | {max(0, started - startup)} |", flush=True)
     print(f"# load average at end: {fmt_load()}")
