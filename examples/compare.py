@@ -42,8 +42,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.saved:
         saved = json.loads(args.saved.read_text())
+        for name, strategy in saved["spec"]["strategies"].items():  # compare.json holds every field's value,
+            if name != "pbt":                                            # PBT's own ones of every strategy too
+                strategy.pop("population", None), strategy.pop("pbt", None)
         spec = validate_compare_spec(saved["spec"], source=str(args.saved))
-        runs = [StrategyRun(**run) for run in saved["runs"]]
+        runs = [StrategyRun(**{k: v for k, v in run.items() if k != "guided"}) for run in saved["runs"]]  # a property
         if args.plots:
             args.plots.mkdir(parents=True, exist_ok=True)
             plot_test_vs_time(runs, spec, args.plots / f"{spec.name}_test_vs_time.png")
@@ -66,30 +69,39 @@ def _finals(runs: list[StrategyRun], spec: CompareSpec, strategy: str) -> dict[i
     return {seed: pick[spec.report] if pick else float("nan") for seed, pick in picks.items()}
 
 
+def _scale(spec: CompareSpec) -> tuple[float, int, str]:
+    """Accuracies in % (differences in points), any other metric as it is: (factor, digits, unit)."""
+    return (100.0, 1, " (%)") if spec.report.endswith("acc") else (1.0, 3, "")
+
+
 def paired_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     """Per seed: the hybrid's test metric minus each other strategy's (same split), and the mean."""
+    scale, digits, unit = _scale(spec)
     hybrid = _finals(runs, spec, "hybrid")
-    lines = [f"| hybrid − … ({spec.report}, points) | " + " | ".join(f"seed {s}" for s in hybrid) + " | mean |",
-             "|---|" + "---|" * (len(hybrid) + 1)]
+    better = "higher" if spec.report_mode == "max" else "lower"
+    lines = [f"| hybrid − … ({spec.report}{unit}, {better} is better) | "
+             + " | ".join(f"seed {s}" for s in hybrid) + " | mean |", "|---|" + "---|" * (len(hybrid) + 1)]
     for other in ("bo_only", "ift_defaults"):
         theirs = _finals(runs, spec, other)
-        deltas = [100 * (hybrid[s] - theirs[s]) for s in hybrid]
-        lines.append(f"| {LABELS[other]} | " + " | ".join(f"{d:+.1f}" for d in deltas)
-                     + f" | {statistics.fmean(deltas):+.1f} |")
+        deltas = [scale * (hybrid[s] - theirs[s]) for s in hybrid]
+        lines.append(f"| {LABELS[other]} | " + " | ".join(f"{d:+.{digits}f}" for d in deltas)
+                     + f" | {statistics.fmean(deltas):+.{digits}f} |")
     return "\n".join(lines)
 
 
 def anytime_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     """Mean over seeds of each strategy's test metric at fractions of the budget."""
-    lines = [f"| {spec.report} (%) at | " + " | ".join(f"{f:.0%} of {spec.budget_s:g} s" for f in FRACTIONS) + " |",
+    scale, digits, unit = _scale(spec)
+    lines = [f"| {spec.report}{unit} at | " + " | ".join(f"{f:.0%} of {spec.budget_s:g} s" for f in FRACTIONS) + " |",
              "|---|" + "---|" * len(FRACTIONS)]
     for strategy in strategies(spec):
         chains = [incumbents(r.records, spec.metric, spec.mode, spec.budget_s) for r in runs if r.strategy == strategy]
         cells = []
         for fraction in FRACTIONS:
             values = [incumbent_at(chain, fraction * spec.budget_s, spec.report) for chain in chains]
-            finite = [100 * v for v in values if v == v]
-            cells.append(f"{statistics.fmean(finite):.1f} ({len(finite)}/{len(values)} seeds)" if finite else "—")
+            finite = [scale * v for v in values if v == v]
+            mean = f"{statistics.fmean(finite):.{digits}f}" if finite else ""
+            cells.append(f"{mean} ({len(finite)}/{len(values)} seeds)" if finite else "—")
         lines.append(f"| {LABELS[strategy]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

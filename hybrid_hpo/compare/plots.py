@@ -41,7 +41,7 @@ def plot_test_vs_time(runs: Sequence[StrategyRun], spec: CompareSpec, path: Path
     figure = _figure((6.4, 4.0))
     axes = figure.add_subplot(1, 1, 1)
     grid = [spec.budget_s * i / (_GRID_POINTS - 1) for i in range(_GRID_POINTS)]
-    scale = 1.0 if spec.report == "test_loss" else 100.0
+    scale = 100.0 if spec.report.endswith("acc") else 1.0  # accuracies in %, losses and task metrics as they are
     finals = []
     for strategy in STRATEGIES:
         chains = [incumbents(run.records, spec.metric, spec.mode, spec.budget_s)
@@ -66,7 +66,8 @@ def plot_test_vs_time(runs: Sequence[StrategyRun], spec: CompareSpec, path: Path
     axes.set_ylabel(f"{spec.report} of the best-{spec.metric} pick" + ("" if scale == 1.0 else " (%)"))
     axes.set_title(f"{spec.name}: budget {spec.budget_s:g} s per strategy and seed", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right" if scale != 1.0 else "upper right")
+    if finals:  # a comparison without any pick has no line to label
+        axes.legend(fontsize=8, loc="lower right" if spec.report_mode == "max" else "upper right")
     figure.tight_layout()
     figure.savefig(path)
     return path

@@ -11,6 +11,7 @@ Layout (see searches/compare_digits_few.yaml)::
                                   # from weights and λ; val_* when selection_fraction is 0)
     mode: min                     # needed only for a task's own metric (val_<name>)
     report: test_acc              # the test metric of the table (test_<name> for a task's own metric)
+    report_mode: min              # needed only when report is a task's metric other than the selection's
     max_concurrent: 2
     strategies:
       bo_only:       {settings: {family: fixed, epochs: 60}, search: {inner_lr: ..., fixed_decay: ...}}
@@ -82,6 +83,7 @@ class CompareSpec(BaseModel):
     metric: str = "sel_loss"
     mode: Literal["min", "max"] | None = None
     report: str = Field(default="test_acc", pattern=r"^test_[a-z][a-z0-9_]*$")
+    report_mode: Literal["min", "max"] | None = None
     max_concurrent: int = Field(default=2, ge=1)
     resources: Resources = Field(default_factory=Resources)
     strategies: dict[Literal["bo_only", "ift_defaults", "hybrid", "pbt"], Strategy]
@@ -103,6 +105,14 @@ class CompareSpec(BaseModel):
         if known is not None and self.mode not in (None, known):
             raise ValueError(f"mode: {self.mode} of {self.metric} looks inverted; use mode: {known}")
         self.mode = self.mode or known
+        known = report_direction(self.report, self.metric, self.mode)
+        if known is None and self.report_mode is None:
+            raise ValueError(f"report_mode: {self.report} is your task's metric; say whether lower or higher is "
+                             "better (report_mode: min or report_mode: max)")
+        if known is not None and self.report_mode not in (None, known):
+            raise ValueError(f"report_mode: {self.report_mode} of {self.report} looks inverted; "
+                             f"use report_mode: {known}")
+        self.report_mode = self.report_mode or known
         return self
 
     @field_validator("seeds")
@@ -141,6 +151,17 @@ class CompareSpec(BaseModel):
             defaults = RunConfig.from_mapping(self.run_settings(strategy, seed)).to_dict()
             raw["initial_points"] = [{key: defaults[key] for key in chosen.search}]
         return validate_spec(raw, source=f"strategies.{strategy}")
+
+
+def report_direction(report: str, metric: str, mode: str) -> Literal["min", "max"] | None:
+    """Whether the reported test metric is better low or high: accuracies ``max``, losses ``min``,
+    the selection metric's own name (``test_mse`` with ``sel_mse``) ``mode``; None when unknown
+    (a task's metric other than the selection's: the file says ``report_mode``)."""
+    if report.endswith("acc"):
+        return "max"
+    if report.endswith("loss"):
+        return "min"
+    return mode if report.removeprefix("test_") == metric.partition("_")[2] else None
 
 
 def load_compare_spec(path: str | Path) -> CompareSpec:

@@ -67,13 +67,3 @@ def paired_test(a: str, b: str, values_a: Sequence[float], values_b: Sequence[fl
     better = mean > 0 if higher_is_better else mean < 0
     verdict = "tie" if not p < LEVEL else ("win" if better else "loss")
     return Paired(a, b, n, mean, mean - half, mean + half, t, p, verdict)
-
-
-def higher_is_better(report: str, mode: str) -> bool:
-    """The direction of a reported test metric: accuracies up, losses down, else like ``mode``
-    (the selection metric's direction, which is a task metric's own)."""
-    if report.endswith("acc"):
-        return True
-    if report.endswith("loss"):
-        return False
-    return mode == "max"

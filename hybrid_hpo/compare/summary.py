@@ -22,7 +22,7 @@ from typing import Any
 
 from hybrid_hpo.compare.run import StrategyRun
 from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec
-from hybrid_hpo.compare.stats import Paired, higher_is_better, paired_test
+from hybrid_hpo.compare.stats import Paired, paired_test
 
 LABELS: dict[str, str] = {"bo_only": "BO-only (TPE, no hypergradients)",
                           "ift_defaults": "IFT with default meta-settings",
@@ -78,7 +78,7 @@ def per_seed(runs: Sequence[StrategyRun], spec: CompareSpec, strategy: str) -> l
 def paired_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[Paired]:
     """Every later strategy (in :data:`STRATEGIES` order) against every earlier one, paired by seed."""
     names = strategies(spec)
-    upward = higher_is_better(spec.report, spec.mode)
+    upward = spec.report_mode == "max"
     return [paired_test(a, b, per_seed(runs, spec, a), per_seed(runs, spec, b), upward)
             for i, a in enumerate(names) for b in names[:i]][::-1]
 
@@ -123,7 +123,7 @@ def pairs_table(pairs: Sequence[Paired], spec: CompareSpec) -> str:
     """The paired differences of :func:`paired_rows` in Markdown (accuracies in points)."""
     scale, digits = (100.0, 2) if spec.report.endswith("acc") else (1.0, 4)
     unit = " (points)" if scale != 1.0 else ""
-    better = "higher" if higher_is_better(spec.report, spec.mode) else "lower"
+    better = "higher" if spec.report_mode == "max" else "lower"
     lines = [f"| A vs B | seeds | mean {spec.report} A − B{unit} | 95 % interval | t | p (paired t-test) | "
              f"verdict for A at 5 % ({better} is better) |",
              "|---|---|---|---|---|---|---|"]
