@@ -21,6 +21,11 @@ finish:
   study write goes through the driver), per second of sweep wall time and per trial, and their
   mean latency.
 - driver RSS: this process's resident memory when the trial finished.
+- driver CPU per trial: this process's CPU time (all its threads: Tune's loop, the searcher, the
+  storage client, Ray's core worker) spent per finished trial. Everything the driver does grows
+  with the trial count if anything does, and CPU time is barely inflated by other processes on
+  the cores, unlike the wall-time overhead, so this is the column that separates growth from load;
+  "load" is the 1-minute load average when the window's trials finished.
 
 A checkpoint row "trial N" summarises the 10 trials that finished up to the N-th (medians;
 rates over the window's wall time). Run inside a loopback-only network namespace (from the repo root)::
@@ -67,6 +72,8 @@ class Finished:
     writes: int  # storage writes so far in this sweep
     write_s: float  # their total latency so far
     rss_mb: float
+    cpu_s: float  # this driver's CPU time so far (time.process_time: all its threads)
+    load: float  # the machine's 1-minute load average
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Probe:
     """What the instrumented searcher, samplers and engines record during one sweep."""
 
     started: float = 0.0
+    started_cpu: float = 0.0
     sampler_s: float = 0.0  # time inside sampler methods so far
     sampler_depth: int = 0
     writes: int = 0
@@ -161,7 +169,7 @@ def instrument() -> None:
         train = sum(trial["epochs"].values())
         PROBE.finished.append(Finished(end - trial["returned"] - train, train, trial["suggest_s"], trial["sampler_s"],
                                        cold, str(result.get("node_id", "?")), end, PROBE.writes, PROBE.write_s,
-                                       driver_rss_mb()))
+                                       driver_rss_mb(), time.process_time(), os.getloadavg()[0]))
 
     RecordingOptunaSearch.suggest = timed_suggest
     RecordingOptunaSearch.on_trial_result = recorded_result
@@ -195,7 +203,7 @@ def run_one(sampler: str, args: argparse.Namespace, address: str, storage: str, 
     global PROBE
     spec = sweep_spec(sampler, args)
     plan = plan_sweep(spec, storage=storage, results_dir=workdir / sampler)
-    PROBE = Probe(started=time.perf_counter())
+    PROBE = Probe(started=time.perf_counter(), started_cpu=time.process_time())
     outcome = run_sweep(spec, plan, address=address, verbose=0)
     PROBE.errors += outcome.errors
     return PROBE
@@ -206,7 +214,8 @@ def checkpoint_rows(probe: Probe, checkpoints: list[int]) -> list[dict]:
     for n in checkpoints:
         window = probe.finished[max(0, n - WINDOW):n]
         before = probe.finished[n - WINDOW - 1] if n > WINDOW else None
-        since, writes0, write_s0 = (before.at, before.writes, before.write_s) if before else (probe.started, 0, 0.0)
+        since, writes0, write_s0, cpu0 = ((before.at, before.writes, before.write_s, before.cpu_s) if before
+                                          else (probe.started, 0, 0.0, probe.started_cpu))
         last = window[-1]
         warm = [t.overhead_s for t in window if not t.cold]
         writes = last.writes - writes0
@@ -219,6 +228,7 @@ def checkpoint_rows(probe: Probe, checkpoints: list[int]) -> list[dict]:
             "writes_per_s": writes / (last.at - since), "writes_per_trial": writes / len(window),
             "write_ms": 1e3 * (last.write_s - write_s0) / max(writes, 1),
             "trials_per_min": 60 * len(window) / (last.at - since), "rss_mb": last.rss_mb,
+            "driver_cpu_ms": 1e3 * (last.cpu_s - cpu0) / len(window), "load": statistics.median(t.load for t in window),
         })
     return rows
 
@@ -230,17 +240,18 @@ def table(sampler: str, probe: Probe, rows: list[dict]) -> list[str]:
              f"{sum(t.cold for t in probe.finished)} cold (new worker), trials per node {per_node}",
              f"{'trial':>5} {'overhead s':>10} {'(warm n)':>8} {'all s':>6} {'train s':>7} {'suggest ms':>10} "
              f"{'sampler ms':>10} {'writes/s':>8} {'writes/trial':>12} {'write ms':>8} {'trials/min':>10} "
-             f"{'driver RSS MB':>13}"]
+             f"{'driver RSS MB':>13} {'driver CPU ms/trial':>19} {'load':>5}"]
     for r in rows:
         lines.append(f"{r['trial']:>5} {r['overhead_s']:>10.2f} {r['warm']:>8} {r['overhead_all_s']:>6.2f} "
                      f"{r['train_s']:>7.2f} {r['suggest_ms']:>10.1f} {r['sampler_ms']:>10.1f} "
                      f"{r['writes_per_s']:>8.1f} {r['writes_per_trial']:>12.1f} {r['write_ms']:>8.2f} "
-                     f"{r['trials_per_min']:>10.1f} {r['rss_mb']:>13.0f}")
+                     f"{r['trials_per_min']:>10.1f} {r['rss_mb']:>13.0f} {r['driver_cpu_ms']:>19.0f} {r['load']:>5.1f}")
     first, last = rows[0], rows[-1]
     ratio = last["overhead_s"] / first["overhead_s"]
     lines.append(f"# overhead (warm) trial {last['trial']} / trial {first['trial']}: {ratio:.2f}x "
                  f"({'within' if ratio <= 1.5 else 'OVER'} the 1.5x goal); suggest {last['suggest_ms'] / first['suggest_ms']:.2f}x, "
-                 f"sampler {last['sampler_ms'] / max(first['sampler_ms'], 1e-9):.2f}x, driver RSS "
+                 f"sampler {last['sampler_ms'] / max(first['sampler_ms'], 1e-9):.2f}x, driver CPU per trial "
+                 f"{last['driver_cpu_ms'] / max(first['driver_cpu_ms'], 1e-9):.2f}x, driver RSS "
                  f"{last['rss_mb'] - first['rss_mb']:+.0f} MB")
     return lines
 
