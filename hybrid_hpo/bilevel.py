@@ -42,7 +42,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,9 +67,34 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _model_fn(model: nn.Module, buffers: Mapping[str, Tensor], params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-    """model(x) with ``params`` (and ``buffers``) substituted: torch.func.functional_call."""
-    return torch.func.functional_call(model, {**buffers, **params}, (x,))
+class _ModelCall:
+    """The families' ``model_fn(params, x)``: the model's outputs for inputs x with the weights
+    ``params`` (and ``buffers``, default: the model's own).
+
+    When ``params`` are the model's own parameter tensors (the same objects, every one: the inner
+    steps, the evaluation and, once :func:`hybrid_hpo.implicit.hypergradient` keeps leaf
+    parameters as they are, the hypergradient) and the buffers are the model's own, or it has
+    none, this is the plain call ``model(x)``; otherwise (a family substitutes tensors, e.g.
+    dropout's scales, or the buffers are copies) ``torch.func.functional_call``. Both run the same
+    forward on the same tensors, so they give the same outputs and gradients bit for bit; the
+    plain call saves functional_call's swapping of every tensor in and out of the module (the
+    larger part of a step's time on a small model).
+    """
+
+    def __init__(self, model: nn.Module, own: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None):
+        self.model, self.own, self.buffers = model, own, buffers
+
+    def direct(self, params: Mapping[str, Tensor]) -> bool:
+        """Whether ``model(x)`` computes the same as substituting ``params`` (and the buffers)."""
+        own = self.own
+        return not self.buffers and len(params) == len(own) \
+            and all(params.get(name) is tensor for name, tensor in own.items())
+
+    def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        if self.direct(params):
+            return self.model(x)
+        buffers = dict(self.model.named_buffers()) if self.buffers is None else self.buffers
+        return torch.func.functional_call(self.model, {**buffers, **params}, (x,))
 
 
 class BilevelTrainer:
@@ -106,6 +130,8 @@ class BilevelTrainer:
                                     loss=self.task.example_loss)
             self.family = family_class(config.family).from_config(config, context)
         self.metric_functions = self.task.metric_functions()
+        self.weights = dict(self.model.named_parameters())  # the live parameter tensors, name -> tensor
+        self.model_call = _ModelCall(self.model, self.weights)
         self.inner_optimizer = make_optimizer(config.inner_optimizer, self.model.parameters(), config.inner_lr)
         self.hyper_optimizer = (make_optimizer(config.hyper_optimizer, self.family.hparams().values(),
                                                config.hyper_lr) if self.family.tunable else None)
@@ -164,16 +190,14 @@ class BilevelTrainer:
         return metrics
 
     def _params(self, detach: bool = False) -> dict[str, Tensor]:
-        return {name: p.detach() if detach else p for name, p in self.model.named_parameters()}
+        return {name: p.detach() for name, p in self.weights.items()} if detach else dict(self.weights)
 
     def _detached_hparams(self) -> dict[str, Tensor]:
         return {name: t.detach() for name, t in self.family.hparams().items()}
 
     def _inner_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
         """One optimizer step on the weights: w ← step(∇_w L_T(w, λ)) with λ fixed."""
-        buffers = dict(self.model.named_buffers())
-        loss = self.family.train_loss(partial(_model_fn, self.model, buffers), self._params(),
-                                      self._detached_hparams(), batch)
+        loss = self.family.train_loss(self.model_call, self._params(), self._detached_hparams(), batch)
         self.inner_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.inner_optimizer.step()
@@ -188,13 +212,15 @@ class BilevelTrainer:
         solver diverged and ``config.diverged_policy`` is "reject"."""
         train_batch, val_batch = self._draw(self.data.train), self._draw(self.data.val)
         # Copies of the buffers: BatchNorm running statistics must not move during the HVPs.
+        # The live weights go in as they are (leaves: hypergradient differentiates them without
+        # copies, and the model is then called directly, see _ModelCall).
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-        model_fn = partial(_model_fn, self.model, buffers)
+        model_fn = _ModelCall(self.model, self.weights, buffers)
         family = self.family
         grads, info = hypergradient(
             lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
             lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
-            self._params(detach=True), self._detached_hparams(), solver=self.solver, state=self.solver_state,
+            self._params(), self._detached_hparams(), solver=self.solver, state=self.solver_state,
             return_info=True,
         )
         # A failed solve hands nothing on: the next one starts cold instead of from a NaN or a bad sketch.
@@ -227,8 +253,8 @@ class BilevelTrainer:
         ``<split>_balanced_acc``, the mean per-class recall over the classes present (sequence
         targets (N, T) count per token). One host sync for all of them."""
         self.model.eval()
-        params, hparams = self._params(detach=True), self._detached_hparams()
-        model_fn = partial(_model_fn, self.model, dict(self.model.named_buffers()))
+        params, hparams = self._params(), self._detached_hparams()  # no_grad: the live weights as they are
+        model_fn = self.model_call
         functions = {"loss": self.task.example_loss, **self.metric_functions}
         classes = self.data.num_classes
         keys, values = [], []
