@@ -69,32 +69,28 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 class _ModelCall:
     """The families' ``model_fn(params, x)``: the model's outputs for inputs x with the weights
-    ``params`` (and ``buffers``, default: the model's own).
+    ``params`` and the model's own buffers.
 
     When ``params`` are the model's own parameter tensors (the same objects, every one: the inner
-    steps, the evaluation and, once :func:`hybrid_hpo.implicit.hypergradient` keeps leaf
-    parameters as they are, the hypergradient) and the buffers are the model's own, or it has
-    none, this is the plain call ``model(x)``; otherwise (a family substitutes tensors, e.g.
-    dropout's scales, or the buffers are copies) ``torch.func.functional_call``. Both run the same
-    forward on the same tensors, so they give the same outputs and gradients bit for bit; the
-    plain call saves functional_call's swapping of every tensor in and out of the module (the
-    larger part of a step's time on a small model).
+    steps, the evaluation and the hypergradient, which keeps leaf parameters as they are), this is
+    the plain call ``model(x)``; otherwise (a family substitutes tensors, e.g. dropout's scales)
+    ``torch.func.functional_call``. Both run the same forward on the same tensors, so they give the
+    same outputs and gradients bit for bit; the plain call saves functional_call's swapping of every
+    tensor in and out of the module (the larger part of a step's time on a small model).
     """
 
-    def __init__(self, model: nn.Module, own: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None):
-        self.model, self.own, self.buffers = model, own, buffers
+    def __init__(self, model: nn.Module, own: Mapping[str, Tensor]) -> None:
+        self.model, self.own = model, own
 
     def direct(self, params: Mapping[str, Tensor]) -> bool:
-        """Whether ``model(x)`` computes the same as substituting ``params`` (and the buffers)."""
+        """Whether ``params`` are the model's own parameters (then ``model(x)`` is the same call)."""
         own = self.own
-        return not self.buffers and len(params) == len(own) \
-            and all(params.get(name) is tensor for name, tensor in own.items())
+        return len(params) == len(own) and all(params.get(name) is tensor for name, tensor in own.items())
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         if self.direct(params):
             return self.model(x)
-        buffers = dict(self.model.named_buffers()) if self.buffers is None else self.buffers
-        return torch.func.functional_call(self.model, {**buffers, **params}, (x,))
+        return torch.func.functional_call(self.model, {**dict(self.model.named_buffers()), **params}, (x,))
 
 
 class BilevelTrainer:
@@ -211,18 +207,20 @@ class BilevelTrainer:
         """One step on λ with the IFT hypergradient; rejected (λ unchanged) when not finite, or when the
         solver diverged and ``config.diverged_policy`` is "reject"."""
         train_batch, val_batch = self._draw(self.data.train), self._draw(self.data.val)
-        # Copies of the buffers: BatchNorm running statistics must not move during the HVPs.
         # The live weights go in as they are (leaves: hypergradient differentiates them without
-        # copies, and the model is then called directly, see _ModelCall).
+        # copies, and the model is called directly, see _ModelCall). The buffers are put back
+        # afterwards: the hypergradient's forward passes must not move BatchNorm's running statistics.
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-        model_fn = _ModelCall(self.model, self.weights, buffers)
-        family = self.family
+        model_fn, family = self.model_call, self.family
         grads, info = hypergradient(
             lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
             lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
             self._params(), self._detached_hparams(), solver=self.solver, state=self.solver_state,
             return_info=True,
         )
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(buffers[name])
         # A failed solve hands nothing on: the next one starts cold instead of from a NaN or a bad sketch.
         self.solver_state = info.state if info.finite and not info.diverged else None
         rejected = not info.finite or (info.diverged and self.config.diverged_policy == "reject")
