@@ -212,15 +212,17 @@ class BilevelTrainer:
         # afterwards: the hypergradient's forward passes must not move BatchNorm's running statistics.
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
         model_fn, family = self.model_call, self.family
-        grads, info = hypergradient(
-            lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
-            lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
-            self._params(), self._detached_hparams(), solver=self.solver, state=self.solver_state,
-            return_info=True,
-        )
-        with torch.no_grad():
-            for name, buffer in self.model.named_buffers():
-                buffer.copy_(buffers[name])
+        try:
+            grads, info = hypergradient(
+                lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
+                lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
+                self._params(), self._detached_hparams(), solver=self.solver, state=self.solver_state,
+                return_info=True,
+            )
+        finally:
+            with torch.no_grad():
+                for name, buffer in self.model.named_buffers():
+                    buffer.copy_(buffers[name])
         # A failed solve hands nothing on: the next one starts cold instead of from a NaN or a bad sketch.
         self.solver_state = info.state if info.finite and not info.diverged else None
         rejected = not info.finite or (info.diverged and self.config.diverged_policy == "reject")
