@@ -42,7 +42,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,9 +67,30 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _model_fn(model: nn.Module, buffers: Mapping[str, Tensor], params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-    """model(x) with ``params`` (and ``buffers``) substituted: torch.func.functional_call."""
-    return torch.func.functional_call(model, {**buffers, **params}, (x,))
+class _ModelCall:
+    """The families' ``model_fn(params, x)``: the model's outputs for inputs x with the weights
+    ``params`` and the model's own buffers.
+
+    When ``params`` are the model's own parameter tensors (the same objects, every one: the inner
+    steps, the evaluation and the hypergradient, which keeps leaf parameters as they are), this is
+    the plain call ``model(x)``; otherwise (a family substitutes tensors, e.g. dropout's scales)
+    ``torch.func.functional_call``. Both run the same forward on the same tensors, so they give the
+    same outputs and gradients bit for bit; the plain call saves functional_call's swapping of every
+    tensor in and out of the module (the larger part of a step's time on a small model).
+    """
+
+    def __init__(self, model: nn.Module, own: Mapping[str, Tensor]) -> None:
+        self.model, self.own = model, own
+
+    def direct(self, params: Mapping[str, Tensor]) -> bool:
+        """Whether ``params`` are the model's own parameters (then ``model(x)`` is the same call)."""
+        own = self.own
+        return len(params) == len(own) and all(params.get(name) is tensor for name, tensor in own.items())
+
+    def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        if self.direct(params):
+            return self.model(x)
+        return torch.func.functional_call(self.model, {**dict(self.model.named_buffers()), **params}, (x,))
 
 
 class BilevelTrainer:
@@ -106,6 +126,8 @@ class BilevelTrainer:
                                     loss=self.task.example_loss)
             self.family = family_class(config.family).from_config(config, context)
         self.metric_functions = self.task.metric_functions()
+        self.weights = dict(self.model.named_parameters())  # the live parameter tensors, name -> tensor
+        self.model_call = _ModelCall(self.model, self.weights)
         self.inner_optimizer = make_optimizer(config.inner_optimizer, self.model.parameters(), config.inner_lr)
         self.hyper_optimizer = (make_optimizer(config.hyper_optimizer, self.family.hparams().values(),
                                                config.hyper_lr) if self.family.tunable else None)
@@ -164,16 +186,14 @@ class BilevelTrainer:
         return metrics
 
     def _params(self, detach: bool = False) -> dict[str, Tensor]:
-        return {name: p.detach() if detach else p for name, p in self.model.named_parameters()}
+        return {name: p.detach() for name, p in self.weights.items()} if detach else dict(self.weights)
 
     def _detached_hparams(self) -> dict[str, Tensor]:
         return {name: t.detach() for name, t in self.family.hparams().items()}
 
     def _inner_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
         """One optimizer step on the weights: w ← step(∇_w L_T(w, λ)) with λ fixed."""
-        buffers = dict(self.model.named_buffers())
-        loss = self.family.train_loss(partial(_model_fn, self.model, buffers), self._params(),
-                                      self._detached_hparams(), batch)
+        loss = self.family.train_loss(self.model_call, self._params(), self._detached_hparams(), batch)
         self.inner_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.inner_optimizer.step()
@@ -187,16 +207,22 @@ class BilevelTrainer:
         """One step on λ with the IFT hypergradient; rejected (λ unchanged) when not finite, or when the
         solver diverged and ``config.diverged_policy`` is "reject"."""
         train_batch, val_batch = self._draw(self.data.train), self._draw(self.data.val)
-        # Copies of the buffers: BatchNorm running statistics must not move during the HVPs.
+        # The live weights go in as they are (leaves: hypergradient differentiates them without
+        # copies, and the model is called directly, see _ModelCall). The buffers are put back
+        # afterwards: the hypergradient's forward passes must not move BatchNorm's running statistics.
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-        model_fn = partial(_model_fn, self.model, buffers)
-        family = self.family
-        grads, info = hypergradient(
-            lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
-            lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
-            self._params(detach=True), self._detached_hparams(), solver=self.solver, state=self.solver_state,
-            return_info=True,
-        )
+        model_fn, family = self.model_call, self.family
+        try:
+            grads, info = hypergradient(
+                lambda w, lam: family.train_loss(model_fn, w, lam, train_batch),
+                lambda w, lam: family.val_loss(model_fn, w, lam, val_batch),
+                self._params(), self._detached_hparams(), solver=self.solver, state=self.solver_state,
+                return_info=True,
+            )
+        finally:
+            with torch.no_grad():
+                for name, buffer in self.model.named_buffers():
+                    buffer.copy_(buffers[name])
         # A failed solve hands nothing on: the next one starts cold instead of from a NaN or a bad sketch.
         self.solver_state = info.state if info.finite and not info.diverged else None
         rejected = not info.finite or (info.diverged and self.config.diverged_policy == "reject")
@@ -227,8 +253,8 @@ class BilevelTrainer:
         ``<split>_balanced_acc``, the mean per-class recall over the classes present (sequence
         targets (N, T) count per token). One host sync for all of them."""
         self.model.eval()
-        params, hparams = self._params(detach=True), self._detached_hparams()
-        model_fn = partial(_model_fn, self.model, dict(self.model.named_buffers()))
+        params, hparams = self._params(), self._detached_hparams()  # no_grad: the live weights as they are
+        model_fn = self.model_call
         functions = {"loss": self.task.example_loss, **self.metric_functions}
         classes = self.data.num_classes
         keys, values = [], []

@@ -177,3 +177,64 @@ def test_device_auto():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu").type == "cpu"
+
+
+def _float64_task(config):
+    """A float64 classifier on generated data; hidden width 17 puts a BatchNorm (buffers) in it."""
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from hybrid_hpo import Task
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 6, generator=generator, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    width = config["hidden"][0]
+    norm = [nn.BatchNorm1d(width)] if width == 17 else []
+    model = nn.Sequential(nn.Linear(6, width), *norm, nn.Tanh(), nn.Linear(width, 3)).double()
+    return Task(model=model, data=TensorDataset(x, y), test=TensorDataset(x[:50], y[:50]))
+
+
+@pytest.mark.parametrize("hidden", [[16], [17]], ids=["no buffers", "batchnorm"])
+def test_direct_model_calls_give_the_functional_call_results_bit_for_bit(monkeypatch, hidden):
+    """The plain model call (weights that are the model's own) and torch.func.functional_call give the
+    same weights, buffers (BatchNorm's running statistics, which the hyper steps must leave as they
+    were), λ and metrics bit for bit in float64; the plain call is the only one taken."""
+    settings = {"hidden": hidden, "epochs": 2, "batch_size": 32, "inner_steps": 2, "solver.terms": 2,
+                "inner_optimizer": "momentum", "hyper_optimizer": "adam", "device": "cpu", "val_fraction": 0.3}
+    real = torch.func.functional_call
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.func, "functional_call", counted)
+    results = {}
+    for path in ("direct", "functional"):
+        if path == "functional":
+            monkeypatch.setattr(bilevel._ModelCall, "direct", lambda self, params: False)
+        calls.clear()
+        trainer = BilevelTrainer(RunConfig.from_mapping(settings), task=_float64_task)
+        history = [without_time(m) for m in trainer.fit(progress=False)]
+        results[path] = (weights_and_lambdas(trainer) + list(trainer.model.buffers()), history, len(calls), trainer)
+    (direct, direct_history, direct_calls, trainer), (functional, functional_history, all_calls, _) = \
+        results["direct"], results["functional"]
+    assert direct[0].dtype == torch.float64
+    assert all(torch.equal(a, b) for a, b in zip(direct, functional))
+    assert direct_history == functional_history and direct_history[-1]["hyper_steps"] > 0
+    assert direct_calls == 0 < all_calls
+    assert [name for name, _ in trainer.model.named_buffers()] == ([] if hidden == [16] else
+        ["1.running_mean", "1.running_var", "1.num_batches_tracked"])
+
+
+def test_hyper_steps_leave_batchnorm_running_statistics_as_they_were():
+    settings = {"hidden": [17], "batch_size": 32, "solver.terms": 2, "device": "cpu", "val_fraction": 0.3}
+    trainer = BilevelTrainer(RunConfig.from_mapping(settings), task=_float64_task)
+    trainer.train_epoch()  # running statistics away from their initial values
+    before = {name: b.clone() for name, b in trainer.model.named_buffers()}
+    lambdas = weights_and_lambdas(trainer)[-1].clone()
+    trainer._hyper_step(bilevel._HyperStats())
+    assert not torch.equal(weights_and_lambdas(trainer)[-1], lambdas)  # the step did run forward passes
+    assert before["1.num_batches_tracked"] > 0
+    assert all(torch.equal(b, before[name]) for name, b in trainer.model.named_buffers())

@@ -218,3 +218,22 @@ def test_inputs_are_left_untouched(ridge):
     hypergradient(ridge.train_loss, ridge.val_loss, params, hparams, solver=Neumann(terms=3, alpha=0.1))
     assert all(torch.equal(before[k], v) for k, v in {**params, **hparams}.items())
     assert all(v.grad is None for v in {**params, **hparams}.values())
+
+
+def test_leaf_parameters_are_differentiated_as_they_are(ridge):
+    """Weights that are leaves requiring grad (a module's parameters) go in without copies: the same
+    hypergradient, bit for bit, as from detached copies, and their .grad and values stay untouched."""
+    params = ridge.optimum(ridge.log_decay)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    solver = Neumann(terms=3, alpha=0.1)
+    expected = hypergradient(ridge.train_loss, ridge.val_loss, params, ridge.hparams(), solver=solver)
+    seen = []
+
+    def train_loss(p, h):
+        seen.append(all(p[k] is leaves[k] for k in leaves))
+        return ridge.train_loss(p, h)
+
+    got = hypergradient(train_loss, ridge.val_loss, leaves, ridge.hparams(), solver=solver)
+    assert seen == [True]
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert all(v.grad is None and torch.equal(v.detach(), params[k]) for k, v in leaves.items())

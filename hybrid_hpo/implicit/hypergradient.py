@@ -65,7 +65,11 @@ class HypergradientDivergence(RuntimeError):
 
 
 def _leaves(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {name: t.detach().requires_grad_(True) for name, t in tensors.items()}
+    """Leaf tensors that require grad, to differentiate by: a tensor that already is one (e.g. a
+    module's parameter) as it is — only ``torch.autograd.grad`` differentiates by it, which leaves
+    its ``.grad`` alone — any other a detached copy, cutting it from the graph that made it."""
+    return {name: t if t.is_leaf and t.requires_grad else t.detach().requires_grad_(True)
+            for name, t in tensors.items()}
 
 
 def _or_zeros(grads: tuple[Tensor | None, ...], like: list[Tensor]) -> list[Tensor]:
@@ -97,8 +101,10 @@ def hypergradient(
     Args:
         train_loss: ``(params, hparams) -> scalar`` L_T; its Hessian in ``params`` is inverted.
         val_loss: ``(params, hparams) -> scalar`` L_V.
-        params: the (approximately) trained weights w, name -> tensor of any shape.
-        hparams: the hyperparameters λ, name -> tensor of any shape.
+        params: the (approximately) trained weights w, name -> tensor of any shape; leaf tensors
+            that require grad (a module's parameters) are differentiated as they are, others
+            through detached copies (either way the caller's graph and ``.grad`` stay untouched).
+        hparams: the hyperparameters λ, name -> tensor of any shape (the same rule).
         solver: approximates H⁻¹v; default ``Neumann(terms=5, alpha=0.1)``.
         state: the previous solve's state (``info.state`` of the last call), for a warm-started
             solver; passed to ``solver.solve`` only when not None.
