@@ -231,8 +231,9 @@ def _check_strategy(spec: CompareSpec, strategy: str, source: str) -> None:
     for owner, keys in OWN_KEYS.items():
         misplaced = sorted(set(keys) & chosen.model_fields_set) if strategy != owner else []
         if misplaced:
+            article = "an" if misplaced[0][0] in "aeiou" else "a"
             raise ConfigError(f"{source}: strategies.{strategy}.{misplaced[0]}: only the {owner} strategy has "
-                              f"a {misplaced[0]}; remove it or move it to strategies.{owner}")
+                              f"{article} {misplaced[0]}; remove it or move it to strategies.{owner}")
     if strategy in SEARCHED and not chosen.search:
         raise ConfigError(f"{source}: strategies.{strategy}.search: is empty; {strategy} searches at least one "
                           "setting, e.g. inner_lr: {type: loguniform, low: 1.0e-2, high: 0.3}")
