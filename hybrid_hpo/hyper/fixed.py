@@ -61,7 +61,7 @@ class FixedOptions(FamilyOptions):
     fixed_decay: float = fixed_decay_setting()
     fixed_dropout: float = setting(0.0, "drop rate of plain training", Range(0, 1, open_high=True))
     layer_decay: tuple[float, ...] = setting(
-        (), "fixed: one L2 decay per weight tensor (ndim >= 2), in parameter order, replacing fixed_decay "
+        (), "one L2 decay per weight tensor (ndim >= 2), in parameter order, replacing fixed_decay "
             "there; item k alone as layer_decay.k (empty: fixed_decay everywhere)", Each(Range(0)))
     class_weight_power: float = setting(
         0.0, "loss weight of class c ∝ n_c^-p over the training examples, mean 1 (0: none, 1: balanced)",
