@@ -71,7 +71,7 @@ def paired_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     hybrid = _finals(runs, spec, "hybrid")
     lines = [f"| hybrid − … ({spec.report}, points) | " + " | ".join(f"seed {s}" for s in hybrid) + " | mean |",
              "|---|" + "---|" * (len(hybrid) + 1)]
-    for other in ("bo_only", "ift_defaults"):
+    for other in (name for name in ("bo_only", "bo_asha", "ift_defaults") if name in spec.strategies):
         theirs = _finals(runs, spec, other)
         deltas = [100 * (hybrid[s] - theirs[s]) for s in hybrid]
         lines.append(f"| {LABELS[other]} | " + " | ".join(f"{d:+.1f}" for d in deltas)

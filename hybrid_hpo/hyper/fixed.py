@@ -105,6 +105,7 @@ class FixedRegularization(HyperFamily):
         self.class_weight_power = float(class_weight_power)
         self.class_weights = None if class_weight_power == 0 else class_loss_weights(class_counts, class_weight_power)
         """a_c per class, (C,) float64 on the CPU (None: unweighted)."""
+        self._placed: Tensor | None = None  # class_weights where the losses are (see _class_weights_like)
         self._seed_generator(seed + _SEED_OFFSET)
 
     @classmethod
@@ -148,9 +149,15 @@ class FixedRegularization(HyperFamily):
         masks = self.masks(x.shape[0], next(iter(params.values()))) if self.fixed_dropout > 0 else {}
         losses = self.example_loss(model_fn({**params, **masks}, x), y)  # (B,)
         if self.class_weights is not None:
-            losses = losses * self.class_weights.to(device=losses.device, dtype=losses.dtype)[y]
+            losses = losses * self._class_weights_like(losses)[y]
         penalty = self.penalty(params)
         return losses.mean() if penalty is None else losses.mean() + penalty
+
+    def _class_weights_like(self, losses: Tensor) -> Tensor:
+        """:attr:`class_weights` on the device and in the dtype of ``losses``, copied there once."""
+        if self._placed is None or (self._placed.device, self._placed.dtype) != (losses.device, losses.dtype):
+            self._placed = self.class_weights.to(device=losses.device, dtype=losses.dtype)
+        return self._placed
 
     def summaries(self, params: Mapping[str, Tensor]) -> dict[str, float]:
         return {"fixed_decay": self.fixed_decay, "fixed_dropout": self.fixed_dropout,
