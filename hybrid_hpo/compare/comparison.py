@@ -51,8 +51,8 @@ def preflight(spec: CompareSpec, results_dir: Path, address: str | None = None) 
 def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None, progress: bool = False,
             verbose: bool = False) -> dict:
     """Run ``spec`` (:func:`hybrid_hpo.compare.run.run_comparison`), write the results dir (module
-    docstring) and return ``{"runs", "rows", "strongest_baseline", "pairs", "table"}``; ``progress`` prints a line per finished
-    run to stderr."""
+    docstring) and return ``{"runs", "rows", "strongest_baseline", "pairs", "table"}``; ``progress``
+    prints a line per finished run to stderr."""
     from hybrid_hpo.compare.plots import hybrid_importances, plot_importances, plot_test_vs_time
     from hybrid_hpo.compare.run import run_comparison, runs_as_json
     from hybrid_hpo.compare.summary import (final_incumbent, paired_rows, report_markdown, strongest_baseline,

@@ -7,8 +7,8 @@ with the seed, so slow drifts of the machine's load do not always hit the same s
 - ``bo_only``, ``hybrid`` and (optional) ``bo_asha`` and ``pbt``: a Ray Tune sweep
   (:func:`hybrid_hpo.tune.sweep.run_sweep`) with Optuna's sampler, as many trials as fit (Ray's
   ``time_budget_s``: at the deadline running trials stop where they are), ``max_concurrent`` at a
-  time; ``bo_asha`` under Ray Tune's ASHA scheduler, which stops trials that trail at its rungs. Their Optuna studies share one
-  storage, ``<results_dir>/optuna.sqlite3``. ``pbt`` runs its population side by side under Ray
+  time; ``bo_asha`` under Ray Tune's ASHA scheduler, which stops trials that trail at its rungs.
+  Their Optuna studies share one storage, ``<results_dir>/optuna.sqlite3``. ``pbt`` runs its population side by side under Ray
   Tune's PopulationBasedTraining (:mod:`hybrid_hpo.tune.pbt`) until its epochs or the budget end.
 - ``ift_defaults``: one bilevel run with the default meta-settings as a one-trial Ray Tune run
   (:func:`run_single`), cut at the budget the same way.

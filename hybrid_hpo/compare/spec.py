@@ -48,8 +48,8 @@ from hybrid_hpo.config import RunConfig, field_names, indexed_setting
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import Distribution
 from hybrid_hpo.tune.samplers import SamplerName
-from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Asha, Pbt, Resources, SweepSpec, check_known_key, first_error,
-                                  read_spec_file, setting_name, task_settings, validate_spec)
+from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Asha, Pbt, Resources, SweepSpec, check_known_key,
+                                  first_error, read_spec_file, setting_name, task_settings, validate_spec)
 
 StrategyName = Literal["bo_only", "bo_asha", "ift_defaults", "hybrid", "pbt"]
 STRATEGIES: tuple[str, ...] = typing.get_args(StrategyName)

@@ -126,8 +126,9 @@ def headline(rows: Sequence[dict[str, Any]], pairs: Sequence[Paired], spec: Comp
     if pair is not None:
         diff_scale, diff_digits, diff_unit = (100.0, 2, " points") if scale != 1.0 else (1.0, 4, "")
         lines.append(f"Hybrid vs {SHORT[best]}: {diff_scale * pair.mean:+.{diff_digits}f}{diff_unit} {spec.report} on "
-                     f"average over {pair.n} paired seed{'s' if pair.n != 1 else ''} (95 % interval [{_format(diff_scale * pair.low, diff_digits)}, "
-                     f"{_format(diff_scale * pair.high, diff_digits)}], p = {_format(pair.p, 3)}): "
+                     f"average over {pair.n} paired seed{'s' if pair.n != 1 else ''} (95 % interval "
+                     f"[{_format(diff_scale * pair.low, diff_digits)}, {_format(diff_scale * pair.high, diff_digits)}], "
+                     f"p = {_format(pair.p, 3)}): "
                      f"{VERDICT_WORDS[pair.verdict]}.")
     return "\n".join(lines)
 
