@@ -81,7 +81,7 @@ def paired_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     better = "higher" if spec.report_mode == "max" else "lower"
     lines = [f"| hybrid − … ({spec.report}{unit}, {better} is better) | "
              + " | ".join(f"seed {s}" for s in hybrid) + " | mean |", "|---|" + "---|" * (len(hybrid) + 1)]
-    for other in ("bo_only", "ift_defaults"):
+    for other in (name for name in ("bo_only", "bo_asha", "ift_defaults") if name in spec.strategies):
         theirs = _finals(runs, spec, other)
         deltas = [scale * (hybrid[s] - theirs[s]) for s in hybrid]
         lines.append(f"| {LABELS[other]} | " + " | ".join(f"{d:+.{digits}f}" for d in deltas)

@@ -123,7 +123,7 @@ class BilevelTrainer:
             self.data = data = make_splits(self.task, config, self.device)
             context = FamilyContext(params=dict(self.model.named_parameters()), num_train=len(data.train),
                                     input_shape=data.input_shape, num_classes=data.num_classes, model=self.model,
-                                    loss=self.task.example_loss)
+                                    loss=self.task.example_loss, data=data)
             self.family = family_class(config.family).from_config(config, context)
         self.metric_functions = self.task.metric_functions()
         self.weights = dict(self.model.named_parameters())  # the live parameter tensors, name -> tensor

@@ -146,11 +146,13 @@ class RunConfig:
         """Build and validate a config from ``values`` (missing keys keep their defaults).
 
         Keys ``solver.<option>`` set ``solver_options``; a family option's plain name (e.g.
-        ``init_decay``, declared by a registered family) sets ``family_options``. Raises
+        ``init_decay``, declared by a registered family) sets ``family_options``, and ``<option>.<k>``
+        sets item k of a family's list option (``layer_decay.0``, ``layer_decay.1``, ...: all of
+        0 .. K−1, assembled into the list; see :func:`indexed_setting`). Raises
         ConfigError on an unknown key, a value of the wrong type, or a bad value.
         """
-        plain, dotted, family = {}, {}, {}
-        own, options = field_names() + _OPTION_FIELDS, family_option_names()
+        plain, dotted, family, items = {}, {}, {}, {}
+        own, options, lists = field_names() + _OPTION_FIELDS, family_option_names(), list_option_names()
         for key in sorted(values):
             if key.startswith(SOLVER_PREFIX):
                 dotted[key.removeprefix(SOLVER_PREFIX)] = values[key]
@@ -158,8 +160,11 @@ class RunConfig:
                 plain[key] = values[key]
             elif key in options:
                 family[key] = values[key]
+            elif (item := indexed_setting(key, lists)) is not None:
+                items.setdefault(item[0], {})[item[1]] = values[key]
             else:
                 raise ConfigError(unknown_setting_message(key))
+        family.update(_assembled(items, family))
         solver = _merged("solver_options", SOLVER_PREFIX, dotted, plain.pop("solver_options", None))
         family = _merged("family_options", "", family, plain.pop("family_options", None))
         config = cls(**plain, solver_options=solver, family_options=family)
@@ -181,13 +186,14 @@ class RunConfig:
         self.family_options = _typed_options("family_options", family and family.options, self.family_options)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-ready values (``hidden`` as a list, each solver option as
+        """Plain JSON/YAML-ready values (``hidden`` and list options as lists, each solver option as
         ``solver.<option>``, each family option by its name); ``from_mapping`` inverts it."""
         values = dataclasses.asdict(self)
         values["hidden"] = list(self.hidden)
         for key, value in values.pop("solver_options").items():
             values[SOLVER_PREFIX + key] = value
-        values.update(values.pop("family_options"))
+        values.update({key: list(value) if isinstance(value, tuple) else value
+                       for key, value in values.pop("family_options").items()})
         return values
 
     def make_solver(self) -> Any:
@@ -229,12 +235,35 @@ def family_option_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for family in FAMILIES.values() for name in family.options.names()))
 
 
+def list_option_names() -> tuple[str, ...]:
+    """The registered families' list options (declared with a tuple type, e.g. ``layer_decay`` of
+    ``fixed``), whose items are also settings of their own (:func:`indexed_setting`)."""
+    from hybrid_hpo.hyper import FAMILIES
+
+    return tuple(dict.fromkeys(info.name for family in FAMILIES.values() for info in options_of(family.options)
+                               if typing.get_origin(info.type) is tuple))
+
+
+_INDEXED = re.compile(r"(?P<option>[a-z_][a-z0-9_]*)\.(?P<index>0|[1-9][0-9]*)")
+
+
+def indexed_setting(key: str, lists: tuple[str, ...] | None = None) -> tuple[str, int] | None:
+    """``(option, k)`` when ``key`` is ``<option>.<k>``, item k = 0, 1, ... of a family's list option
+    (``layer_decay.1``: the second decayed tensor's decay), else None. Each item is one scalar a
+    search can tune; the items given are assembled into the list, so all of 0 .. K−1 must be given.
+    ``lists``: :func:`list_option_names` when already read."""
+    match = _INDEXED.fullmatch(key)
+    if match and match["option"] in (list_option_names() if lists is None else lists):
+        return match["option"], int(match["index"])
+    return None
+
+
 def is_setting(key: str) -> bool:
     """``key`` names a RunConfig setting: a field, ``solver.<option>`` (checked against the chosen
-    solver when the config is built) or a registered family's option (checked against the chosen
-    family)."""
+    solver when the config is built), a registered family's option or an item ``<option>.<k>`` of
+    its list option (checked against the chosen family)."""
     return (key in field_names() or (key.startswith(SOLVER_PREFIX) and key != SOLVER_PREFIX)
-            or key in family_option_names())
+            or key in family_option_names() or indexed_setting(key) is not None)
 
 
 def unknown_setting_message(key: str, field: str | None = None) -> str:
@@ -261,6 +290,21 @@ def _not_an_option_message(key: str, family: str) -> str:
     mine = ", ".join(FAMILIES[family].options.names()) or "none"
     return (f"{key}: an option of the {' and '.join(owners)} family, not of {family} (its options: {mine}); "
             f"remove it or set family: {owners[0]}")
+
+
+def _assembled(items: dict[str, dict[int, Any]], named: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The items ``<option>.<k>`` (option -> k -> value) as one list per option, in k order;
+    ConfigError when an item of 0 .. max k is missing or the option is also given whole in ``named``."""
+    lists = {}
+    for option, given in items.items():
+        if option in named:
+            raise ConfigError(f"{option}: given twice (as a list and as {option}.<k>); keep one")
+        missing = next(index for index in range(len(given) + 1) if index not in given)
+        if missing < len(given):
+            raise ConfigError(f"{option}.{missing}: missing; give every item {option}.0 to {option}.{max(given)} "
+                              f"(or {option} as one list)")
+        lists[option] = [given[index] for index in range(len(given))]
+    return lists
 
 
 def _merged(field_name: str, prefix: str, named: dict[str, Any], mapping: Any) -> Any:
@@ -330,12 +374,16 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{name} must be a string (got {value!r})")
-    if typing.get_origin(hint) is tuple:  # hidden: tuple[int, ...]
+    if typing.get_origin(hint) is tuple:  # hidden: tuple[int, ...]; a family's list option: tuple[float, ...]
         if isinstance(value, str):
             value = value.replace(",", " ").split()
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             value = [value]
+        item_type = typing.get_args(hint)[0]
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and item_type is float:
+            value = [value]
         if isinstance(value, (list, tuple)):
-            return tuple(_coerce(name, int, item) for item in value)
-        raise ConfigError(f"{name} must be a list of integers, e.g. [256, 256] (got {value!r})")
+            return tuple(_coerce(f"{name}.{index}", item_type, item) for index, item in enumerate(value))
+        noun, example = ("integers", "[256, 256]") if item_type is int else ("numbers", "[1.0e-4, 1.0e-3]")
+        raise ConfigError(f"{name} must be a list of {noun}, e.g. {example} (got {value!r})")
     raise TypeError(f"RunConfig.{name}: unsupported field type {hint!r}")

@@ -69,6 +69,23 @@ class Range:
         return f"{text}, or none for {self.optional}" if self.optional else text
 
 
+@dataclass(frozen=True)
+class Each:
+    """A list (a tuple) whose every item follows ``item``; item k is named ``<name>.<k>`` in errors,
+    the name that sets it alone (``layer_decay.1``, see :func:`hybrid_hpo.config.indexed_setting`)."""
+
+    item: Any
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{name} must be a list, each item {self.item.describe()} (got {value!r})")
+        for index, entry in enumerate(value):
+            self.item.check(f"{name}.{index}", entry)
+
+    def describe(self) -> str:
+        return f"a list, each item {self.item.describe()}"
+
+
 def setting(default: Any, help: str, rule: Any) -> Any:
     """A declared setting (a RunConfig field, or a field of a family's options): a dataclass field
     with its default, one line of help and the rule of its allowed values (None: its type is the

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from hybrid_hpo import cli
 from hybrid_hpo.compare.spec import CompareSpec
+from hybrid_hpo.compare.summary import LABELS, SHORT
 
 BUDGET_S = 24 * 3600  # never reached: the sweeps end after MAX_TRIALS trials, the IFT run after its epochs
 MAX_TRIALS = 3  # importances need 3 completed trials
@@ -32,6 +33,9 @@ SPEC = {
         "bo_only": {"settings": {"family": "fixed"},
                     "search": {"inner_lr": {"type": "loguniform", "low": 0.01, "high": 0.3},
                                "fixed_dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}},
+        "bo_asha": {"settings": {"family": "fixed", "fixed_decay": 0}, "asha": {"grace_period": 2},
+                    "search": {"layer_decay.0": {"type": "loguniform", "low": 1e-5, "high": 0.1},
+                               "layer_decay.1": {"type": "loguniform", "low": 1e-5, "high": 0.1}}},
         "ift_defaults": {"settings": {"family": "weight_decay", "solver.terms": 2}},
         "hybrid": {"settings": {"family": "weight_decay"}, "startup_trials": 2, "warm_start": True,
                    "search": {"hyper_lr": {"type": "loguniform", "low": 0.001, "high": 0.1},
@@ -42,7 +46,7 @@ SPEC = {
 }
 
 
-def test_compare_runs_three_strategies_and_writes_a_finite_table(ray_session, tmp_path, monkeypatch, capsys):
+def test_compare_runs_every_strategy_and_writes_a_finite_table(ray_session, tmp_path, monkeypatch, capsys):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     monkeypatch.setattr(CompareSpec, "sweep_spec", functools.partialmethod(CompareSpec.sweep_spec,
                                                                            max_trials=MAX_TRIALS))
@@ -53,23 +57,34 @@ def test_compare_runs_three_strategies_and_writes_a_finite_table(ray_session, tm
     printed = capsys.readouterr().out
     assert code == 0, printed[-3000:]
 
-    table = [line for line in printed.splitlines() if line.startswith(("| BO-only (", "| IFT with", "| Hybrid (", "| PBT ("))]
-    assert len(table) == 4 and all("nan" not in line for line in table), table
-    assert (out / "table.md").read_text().splitlines()[2:6] == table  # header, separator, the same 4 rows
+    starts = ("| BO-only (", "| BO + ASHA (", "| IFT with", "| Hybrid (", "| PBT (")
+    table = [line for line in printed.splitlines() if line.startswith(starts)]
+    assert len(table) == 5 and all("nan" not in line for line in table), table
+    written = (out / "table.md").read_text().splitlines()
+    assert [line for line in written if line.startswith(starts)] == table
 
     saved = json.loads((out / "compare.json").read_text())
     rows = {row["strategy"]: row for row in saved["rows"]}
-    assert list(rows) == ["bo_only", "ift_defaults", "hybrid", "pbt"]
+    assert list(rows) == ["bo_only", "bo_asha", "ift_defaults", "hybrid", "pbt"]
     for row in rows.values():
         assert row["seeds"] == 1 and 0.0 < row["test_acc_mean"] <= 1.0 and math.isfinite(row["sel_loss_mean"])
         assert row["wall_s"] > 0 and row["epochs"] >= 1
     runs = {run["strategy"]: run for run in saved["runs"]}
     assert all(run["seed"] == 3 and len(run["load"]) == 2 for run in runs.values())
     assert saved["seeds"] == [3] and saved["budget_s"] == BUDGET_S and len(saved["machine"]["load_start"]) == 3
-    assert [(p["a"], p["b"], p["verdict"]) for p in saved["pairs"]] == [
-        ("pbt", "hybrid", "n/a"), ("pbt", "ift_defaults", "n/a"), ("pbt", "bo_only", "n/a"),
-        ("hybrid", "ift_defaults", "n/a"), ("hybrid", "bo_only", "n/a"), ("ift_defaults", "bo_only", "n/a")]
+    # the strongest baseline: the better mean of the two without hypergradients (bo_only on a tie);
+    # table.md opens with the hybrid against it, and its pairs with the hybrid's and PBT's against it
+    best = "bo_asha" if rows["bo_asha"]["test_acc_mean"] > rows["bo_only"]["test_acc_mean"] else "bo_only"
+    assert saved["strongest_baseline"] == best and written[0].startswith(f"Strongest baseline: {LABELS[best]}")
+    assert written[1].startswith(f"Hybrid vs {SHORT[best]}: ") and written[1].endswith("(n/a).")
+    pairs = [(p["a"], p["b"]) for p in saved["pairs"]]
+    assert pairs[:2] == [("hybrid", best), ("pbt", best)] and len(set(pairs)) == 10
+    assert {p["verdict"] for p in saved["pairs"]} == {"n/a"}  # one seed: no test
     assert runs["pbt"]["trials"] == 2 and runs["pbt"]["guided"] == 0  # PBT's population, no sampler model
+    # BO + ASHA: its trials ran under ASHA (never past the epochs) in their own study
+    asha = runs["bo_asha"]
+    assert asha["trials"] == MAX_TRIALS and asha["study_name"] not in (runs["bo_only"]["study_name"], None)
+    assert 1 <= len(asha["records"]) <= MAX_TRIALS * SPEC["task"]["epochs"]
     assert runs["ift_defaults"]["trials"] == 1 and runs["ift_defaults"]["study_name"] is None
     assert len(runs["ift_defaults"]["records"]) == SPEC["task"]["epochs"]
     # one process kind and thread count for all: every epoch of every strategy ran in a Ray actor

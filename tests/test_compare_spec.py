@@ -35,11 +35,28 @@ def _with(path: str, value):
 
 
 @pytest.mark.parametrize("path", sorted(SEARCHES.glob("compare_*.yaml")), ids=lambda p: p.name)
-def test_shipped_comparisons_load_with_three_sweepable_strategies(path):
+def test_shipped_comparisons_load_with_their_sweepable_strategies(path):
+    from hybrid_hpo.config import RunConfig
+    from hybrid_hpo.hyper.fixed import _decayed_count
+    from hybrid_hpo.models import has_dropout_sites
+
     spec = load_compare_spec(path)
     assert spec.name == path.stem.replace("_", "-") and len(spec.seeds) >= 5 and spec.budget_s > 0
     assert spec.sweep_spec("pbt", seed=2).scheduler == "pbt"  # every shipped comparison has a PBT strategy
-    for strategy in ("bo_only", "hybrid", "pbt"):
+    assert spec.sweep_spec("bo_asha", seed=2).scheduler == "asha"  # and BO + ASHA
+    # the baselines search one decay per weight tensor of the model (biases undecayed) and dropout where
+    # the model has dropout sites; on imbalanced data also the class weights' power (the diabetes task's
+    # factory builds an MLP of its `hidden` widths with dropout sites, as the built-in mlp)
+    config = RunConfig.from_mapping(spec.run_settings("bo_only", 0))
+    layers = [f"layer_decay.{k}" for k in range(_decayed_count(config.model, len(config.hidden)))]
+    dropout = ["fixed_dropout"] if has_dropout_sites(config.model) else []
+    for baseline in ("bo_only", "bo_asha"):
+        search = spec.strategies[baseline].search
+        assert set(layers + dropout) <= set(search) and spec.strategies[baseline].settings["fixed_decay"] == 0
+        assert not [key for key in search if key.startswith("layer_decay.") and key not in layers]
+        assert ("class_weight_power" in search) == ("imbalance" in spec.task)
+    assert spec.strategies["bo_asha"].search == spec.strategies["bo_only"].search
+    for strategy in ("bo_only", "bo_asha", "hybrid", "pbt"):
         sweep = spec.sweep_spec(strategy, seed=2)
         assert sweep.time_budget_s == spec.budget_s and sweep.task["seed"] == 2 and sweep.seed == 2
         shared = task_settings(spec.task)  # a task factory's file made absolute
@@ -58,6 +75,18 @@ def test_shipped_comparisons_load_with_three_sweepable_strategies(path):
      "strategies.ift_defaults.search: ift_defaults is one run"),
     ("strategies.hybrid.search", {}, "strategies.hybrid.search: is empty"),
     ("strategies.hybrid.population", 4, "strategies.hybrid.population: only the pbt strategy has a population"),
+    ("strategies.bo_only.asha", {"grace_period": 2}, "strategies.bo_only.asha: only the bo_asha strategy has an asha"),
+    ("strategies.bo_asha", {"settings": {"family": "weight_decay"}, "search": {"inner_lr": {"type": "uniform", "low": 0.01, "high": 0.1}}},
+     "strategies.bo_asha.settings.family: 'weight_decay' has hyperparameters tuned by hypergradient"),
+    ("strategies.bo_asha", {"settings": {"family": "fixed"}, "search": {"inner_lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
+                            "asha": {"reduction_factor": 1}}, "strategies.bo_asha.asha.reduction_factor: Input should be greater than 1"),
+    ("strategies.bo_only.search", {"layer_decay.0": {"type": "loguniform", "low": 1e-5, "high": 0.1},
+                                   "layer_decay.2": {"type": "loguniform", "low": 1e-5, "high": 0.1}},
+     "strategies.bo_only.search.layer_decay.1: missing; give every item layer_decay.0 to layer_decay.2"),
+    ("strategies.bo_only.search", {"layer_decay.0": {"type": "loguniform", "low": 1e-5, "high": 0.1}},
+     "strategies.bo_only.search.layer_decay: 1 decays given, but 'mlp' (hidden [16]) has 2 weight tensors"),
+    ("strategies.bo_only.search", {"class_weight_power": {"type": "uniform", "low": 0.0, "high": 1.5}},
+     "strategies.bo_only.search.class_weight_power: must be a number >= 0 and <= 1 (got 1.5)"),
     ("strategies.hybrid.settingz", {}, "strategies.hybrid.settingz: unknown key; did you mean 'settings'?"),
     ("strategies.hybrid.search.hyper_lr.hi", 1, "strategies.hybrid.search.hyper_lr.hi: unknown key; did you mean 'high'?"),
     ("strategies.hybrid.search.hyper_lr.low", -1.0, "strategies.hybrid.search.hyper_lr"),
@@ -117,3 +146,42 @@ def test_with_changes_applies_command_line_changes_and_validates_them_again():
     assert changed.name == spec.name
     with pytest.raises(ConfigError, match="^cli: seeds: must be distinct"):
         with_changes(spec, "cli", seeds=[1, 1])
+
+
+def test_a_spec_with_bo_asha_builds_an_asha_sweep_of_the_baseline_family(tmp_path):
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from hybrid_hpo.objective import best_key
+    from hybrid_hpo.tune.plan import plan_sweep
+    from hybrid_hpo.tune.search import make_search
+    from hybrid_hpo.tune.sweep import _tune_config
+
+    space = {"inner_lr": {"type": "loguniform", "low": 0.01, "high": 0.3},
+             "layer_decay.0": {"type": "loguniform", "low": 1e-6, "high": 0.1},
+             "layer_decay.1": {"type": "loguniform", "low": 1e-6, "high": 0.1}}
+    raw = _with("strategies.bo_asha", {"settings": {"family": "fixed", "fixed_decay": 0, "epochs": 20}, "search": space,
+                                       "asha": {"grace_period": 3, "reduction_factor": 3}})
+    spec = validate_compare_spec(raw)
+    sweep = spec.sweep_spec("bo_asha", seed=1)
+    assert sweep.scheduler == "asha" and (sweep.asha.grace_period, sweep.asha.reduction_factor) == (3, 3.0)
+    assert sweep.time_budget_s == spec.budget_s and sweep.startup_trials == 5 and set(sweep.search) == set(space)
+    assert spec.sweep_spec("bo_only", seed=1).scheduler == "fifo"
+    storage = f"sqlite:///{tmp_path}/optuna.sqlite3"
+    plan = plan_sweep(sweep, storage=storage, results_dir=tmp_path / "bo_asha-seed1")
+    searcher = make_search(sweep.search, best_key(sweep.metric), sweep.mode, storage=storage, study_name=plan.study_name)
+    scheduler = _tune_config(sweep, plan, searcher).scheduler
+    assert isinstance(scheduler, AsyncHyperBandScheduler) and scheduler._max_t == 20  # ASHA over the epochs
+    assert sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs) == [3, 9]  # 3 · 3^k < 20
+
+
+def test_warm_start_puts_unset_layer_decays_at_the_default_decay():
+    from hybrid_hpo.compare.spec import with_changes
+    from hybrid_hpo.hyper.penalty import FIXED_DECAY
+
+    space = {"layer_decay.0": {"type": "loguniform", "low": 1e-6, "high": 0.1},
+             "layer_decay.1": {"type": "loguniform", "low": 1e-6, "high": 0.1},
+             "class_weight_power": {"type": "uniform", "low": 0.0, "high": 1.0}}
+    spec = validate_compare_spec(_with("strategies.bo_only", {"settings": {"family": "fixed", "fixed_decay": 0},
+                                                              "search": space}))
+    warm = with_changes(spec, "cli", warm_start=True).sweep_spec("bo_only", seed=0)
+    assert warm.initial_points == [{"layer_decay.0": FIXED_DECAY, "layer_decay.1": FIXED_DECAY, "class_weight_power": 0.0}]

@@ -102,3 +102,55 @@ def test_pairs_are_by_seed_and_table_md_shows_interval_p_and_verdict():
     text = report_markdown(summary_rows(runs, spec), pairs, spec)
     assert "| Hybrid vs BO-only | 3 | 10.00 |" in text and "| win |" in text
     assert "fewer than 10 model-guided trials" in text  # one trial per search here
+
+
+def _spec_with_asha(**changes):
+    raw = {**GOOD, "budget_s": 10, "seeds": [0, 1, 2], **changes}
+    raw["strategies"] = {**GOOD["strategies"], "bo_asha": {**GOOD["strategies"]["bo_only"], "asha": {"grace_period": 2}}}
+    return validate_compare_spec(raw)
+
+
+def _runs(values, metric_key="test_acc"):
+    return [StrategyRun(name, seed, 1.0, 1, [{**_r(1, 0.1, math.nan), metric_key: values[name][seed]}])
+            for name in values for seed in range(len(values[name]))]
+
+
+def test_the_strongest_baseline_is_the_best_mean_without_hypergradients_and_its_pair_comes_first():
+    from hybrid_hpo.compare.summary import headline, paired_rows, report_markdown, strongest_baseline
+
+    spec = _spec_with_asha()
+    accs = {"bo_only": [0.80, 0.70, 0.75], "bo_asha": [0.84, 0.72, 0.80], "ift_defaults": [0.99, 0.99, 0.99],
+            "hybrid": [0.90, 0.81, 0.84]}
+    runs = _runs(accs)
+    rows = summary_rows(runs, spec)
+    assert [row["strategy"] for row in rows] == ["bo_only", "bo_asha", "ift_defaults", "hybrid"]
+    assert strongest_baseline(rows, spec) == "bo_asha"  # IFT defaults is better still, but it is no baseline
+    pairs = paired_rows(runs, spec, first_against="bo_asha")
+    assert (pairs[0].a, pairs[0].b) == ("hybrid", "bo_asha") and len(pairs) == 6
+    assert math.isclose(pairs[0].mean, (0.06 + 0.09 + 0.04) / 3)
+    text = headline(rows, pairs, spec)
+    assert text.startswith("Strongest baseline: BO + ASHA (TPE, weak trials stopped early, no hypergradients), "
+                           "mean test_acc 78.7 % (other baselines: BO-only 75.0 %).")
+    assert f"Hybrid vs BO + ASHA: +6.33 points test_acc on average over 3 paired seeds (95 % interval [" in text
+    assert text.endswith(f"p = {pairs[0].p:.3f}): {'the hybrid wins at the 5 % level' if pairs[0].p < 0.05 else 'no difference at the 5 % level (a tie)'}.")
+    table = report_markdown(rows, pairs, spec).splitlines()
+    assert table[:2] == text.splitlines()  # table.md opens with it
+    first_pair = next(line for line in table if line.startswith("| Hybrid vs") or line.startswith("| IFT defaults vs"))
+    assert first_pair.startswith("| Hybrid vs BO + ASHA | 3 |")
+
+
+def test_the_strongest_baseline_follows_the_metrics_direction_and_skips_nan():
+    from hybrid_hpo.compare.summary import headline, strongest_baseline
+
+    losses = {"bo_only": [0.5, 0.6, 0.7], "bo_asha": [0.9, 0.8, 0.7], "ift_defaults": [0.1, 0.1, 0.1],
+              "hybrid": [0.4, 0.4, 0.4]}
+    spec = _spec_with_asha(report="test_loss")
+    assert strongest_baseline(summary_rows(_runs(losses, "test_loss"), spec), spec) == "bo_only"  # lower loss
+    accs = {"bo_only": [0.8, math.nan, 0.8], "bo_asha": [0.7, 0.7, 0.7], "ift_defaults": [0.9] * 3, "hybrid": [0.9] * 3}
+    spec = _spec_with_asha()
+    assert strongest_baseline(summary_rows(_runs(accs), spec), spec) == "bo_asha"  # bo_only's mean is NaN
+    tie = {"bo_only": [0.8] * 3, "bo_asha": [0.8] * 3, "ift_defaults": [0.9] * 3, "hybrid": [0.9] * 3}
+    assert strongest_baseline(summary_rows(_runs(tie), spec), spec) == "bo_only"  # a tie: the first
+    none = {"bo_only": [math.nan] * 3, "bo_asha": [math.nan] * 3, "ift_defaults": [0.9] * 3, "hybrid": [0.9] * 3}
+    rows = summary_rows(_runs(none), spec)
+    assert strongest_baseline(rows, spec) is None and headline(rows, [], spec).startswith("Strongest baseline: none")

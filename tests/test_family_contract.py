@@ -25,7 +25,7 @@ from hybrid_hpo.hyper import FAMILIES, FamilyContext, HyperFamily
 from hybrid_hpo.hyper.base import FamilyOptions
 from hybrid_hpo.implicit import Exact, hypergradient
 from hybrid_hpo.models import build_model
-from hybrid_hpo.rules import OneOf, Range, options_of, setting
+from hybrid_hpo.rules import Each, OneOf, Range, options_of, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +166,8 @@ def _bad_value(rule):
         return "no_such_value"
     if isinstance(rule, Range):
         return rule.low - 1 if rule.low is not None else rule.high + 1
+    if isinstance(rule, Each):  # a list option: one bad item
+        return [_bad_value(rule.item)]
     return "not-a-value"
 
 

@@ -9,16 +9,17 @@ import math
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand."""
     parser = subparsers.add_parser(
-        "compare", help="BO-only vs IFT-with-defaults vs hybrid under one wall-clock budget",
-        description="Run the three strategies of SPEC (searches/compare_*.yaml) on the same data split, each "
-                    "for budget_s seconds per seed; print a table of the test metric of each strategy's "
-                    "validation pick and write it with plots to the results dir.",
+        "compare", help="baselines (BO-only, BO + ASHA) vs IFT-with-defaults vs hybrid under one wall-clock budget",
+        description="Run the strategies of SPEC (searches/compare_*.yaml) on the same data split, each "
+                    "for budget_s seconds per seed; print the hybrid against the strongest baseline and a table "
+                    "of the test metric of each strategy's selection pick, and write them with plots to the "
+                    "results dir.",
     )
     parser.add_argument("spec", help="comparison file, e.g. searches/compare_digits_few.yaml")
     parser.add_argument("--budget-s", type=float, metavar="S", help="seconds per strategy and seed (default: the spec's)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="replicate seeds (default: the spec's)")
     parser.add_argument("--warm-start", action="store_true",
-                        help="start both searches with a trial at RunConfig's defaults of their searched settings "
+                        help="start every search with a trial at RunConfig's defaults of their searched settings "
                              "(the hybrid's is the ift_defaults run)")
     parser.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/<name>-<time>)")
     parser.add_argument("--address", metavar="ADDR", help="join this Ray cluster instead of starting a local Ray")

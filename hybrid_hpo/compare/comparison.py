@@ -5,8 +5,10 @@ Results directory (default ``results/<name>-<YYYYmmdd-HHMMSS>``)::
 
     compare.json            the spec, seeds and budget, the machine (CPUs, load averages at start and end;
                             each run also records its 1-minute load before and after), every run's
-                            records (t, trial, epoch, metrics), the table rows and the paired tests
-    table.md                the Markdown tables printed at the end: strategies, paired differences
+                            records (t, trial, epoch, metrics), the table rows, the strongest baseline
+                            and the paired tests
+    table.md                what is printed at the end: the hybrid against the strongest baseline in
+                            plain words, the strategies' table, the paired differences
     test_vs_time.png        test metric of each strategy's pick versus wall time
     hybrid_importances.png  Optuna fANOVA importances of the hybrid's meta-settings
     optuna.sqlite3          every sweep's study (hybrid-hpo dashboard --storage sqlite:////...)
@@ -49,11 +51,12 @@ def preflight(spec: CompareSpec, results_dir: Path, address: str | None = None) 
 def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None, progress: bool = False,
             verbose: bool = False) -> dict:
     """Run ``spec`` (:func:`hybrid_hpo.compare.run.run_comparison`), write the results dir (module
-    docstring) and return ``{"runs", "rows", "table"}``; ``progress`` prints a line per finished
-    run to stderr."""
+    docstring) and return ``{"runs", "rows", "strongest_baseline", "pairs", "table"}``; ``progress``
+    prints a line per finished run to stderr."""
     from hybrid_hpo.compare.plots import hybrid_importances, plot_importances, plot_test_vs_time
     from hybrid_hpo.compare.run import run_comparison, runs_as_json
-    from hybrid_hpo.compare.summary import final_incumbent, paired_rows, report_markdown, summary_rows
+    from hybrid_hpo.compare.summary import (final_incumbent, paired_rows, report_markdown, strongest_baseline,
+                                            summary_rows)
     from hybrid_hpo.tune.urls import results_dir_storage
 
     def report(run) -> None:
@@ -65,7 +68,9 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
 
     load_start = os.getloadavg()
     runs = run_comparison(spec, results_dir, address=address, verbose=verbose, on_run=report)
-    rows, pairs = summary_rows(runs, spec), paired_rows(runs, spec)
+    rows = summary_rows(runs, spec)
+    baseline = strongest_baseline(rows, spec)
+    pairs = paired_rows(runs, spec, first_against=baseline)
     table = report_markdown(rows, pairs, spec)
     plot_test_vs_time(runs, spec, results_dir / "test_vs_time.png")
     importances = hybrid_importances(runs, results_dir_storage(results_dir))
@@ -74,6 +79,7 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
     (results_dir / RESULTS_FILE).write_text(json.dumps(
         {"spec": spec.model_dump(mode="json"), "seeds": spec.seeds, "budget_s": spec.budget_s,
          "machine": {"cpus": os.cpu_count(), "load_start": list(load_start), "load_end": list(os.getloadavg())},
-         "rows": rows, "pairs": [pair.as_dict() for pair in pairs], "importances": importances,
+         "rows": rows, "strongest_baseline": baseline, "pairs": [pair.as_dict() for pair in pairs],
+         "importances": importances,
          "runs": runs_as_json(runs)}, indent=1) + "\n")
-    return {"runs": runs, "rows": rows, "pairs": pairs, "table": table}
+    return {"runs": runs, "rows": rows, "strongest_baseline": baseline, "pairs": pairs, "table": table}

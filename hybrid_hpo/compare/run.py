@@ -1,13 +1,14 @@
-"""Run the three strategies of a :class:`~hybrid_hpo.compare.spec.CompareSpec` under one budget.
+"""Run the strategies of a :class:`~hybrid_hpo.compare.spec.CompareSpec` under one budget.
 
 For every seed (a replicate: data split, initialisation and sampler seed), each strategy gets
 ``budget_s`` seconds of wall clock on the same machine, one after the other; the order rotates
 with the seed, so slow drifts of the machine's load do not always hit the same strategy:
 
-- ``bo_only``, ``hybrid`` and (optional) ``pbt``: a Ray Tune sweep (:func:`hybrid_hpo.tune.sweep.run_sweep`) with
-  Optuna's sampler, as many trials as fit (Ray's ``time_budget_s``: at the deadline running
-  trials stop where they are), ``max_concurrent`` at a time. Their Optuna studies share one
-  storage, ``<results_dir>/optuna.sqlite3``. ``pbt`` runs its population side by side under Ray
+- ``bo_only``, ``hybrid`` and (optional) ``bo_asha`` and ``pbt``: a Ray Tune sweep
+  (:func:`hybrid_hpo.tune.sweep.run_sweep`) with Optuna's sampler, as many trials as fit (Ray's
+  ``time_budget_s``: at the deadline running trials stop where they are), ``max_concurrent`` at a
+  time; ``bo_asha`` under Ray Tune's ASHA scheduler, which stops trials that trail at its rungs.
+  Their Optuna studies share one storage, ``<results_dir>/optuna.sqlite3``. ``pbt`` runs its population side by side under Ray
   Tune's PopulationBasedTraining (:mod:`hybrid_hpo.tune.pbt`) until its epochs or the budget end.
 - ``ift_defaults``: one bilevel run with the default meta-settings as a one-trial Ray Tune run
   (:func:`run_single`), cut at the budget the same way.
@@ -19,7 +20,7 @@ starts before its Tuner is built: actor start, imports and data loading are insi
 strategy's budget. Ray itself starts once, before the first strategy, and is charged to none.
 
 Every epoch any trial reports becomes a record: ``t`` (seconds since the strategy started, the
-same clock for all three), the trial, the epoch, ``torch_threads`` and the split metrics (sel_*,
+same clock for all strategies), the trial, the epoch, ``torch_threads`` and the split metrics (sel_*,
 val_*, ...). Records after ``budget_s`` are kept in the file but never count (see
 :mod:`hybrid_hpo.compare.summary`).
 """
@@ -94,14 +95,14 @@ def run_comparison(spec: CompareSpec, results_dir: Path, *, address: str | None 
 
 
 def rotated(items: tuple[str, ...], shift: int) -> tuple[str, ...]:
-    """``items`` rotated left by ``shift`` (seed i starts with strategy i mod 3)."""
+    """``items`` rotated left by ``shift`` (seed i starts with strategy i mod len(items))."""
     shift %= len(items)
     return items[shift:] + items[:shift]
 
 
 def run_search(spec: CompareSpec, strategy: str, seed: int, results_dir: Path, storage: str,
                verbose: bool) -> StrategyRun:
-    """A budgeted Ray Tune + Optuna sweep of ``strategy`` (bo_only or hybrid) for ``seed``."""
+    """A budgeted Ray Tune + Optuna sweep of the searched ``strategy`` for ``seed``."""
     from hybrid_hpo.tune.plan import default_study_name, plan_sweep, startup_trials
     from hybrid_hpo.tune.sweep import run_sweep
 

@@ -1,4 +1,4 @@
-"""A comparison as a file: three strategies, one task, one wall-clock budget (``searches/compare_*.yaml``).
+"""A comparison as a file: the strategies, one task, one wall-clock budget (``searches/compare_*.yaml``).
 
 Layout (see searches/compare_digits_few.yaml)::
 
@@ -14,7 +14,10 @@ Layout (see searches/compare_digits_few.yaml)::
     report_mode: min              # needed only when report is a task's metric other than the selection's
     max_concurrent: 2
     strategies:
-      bo_only:       {settings: {family: fixed, epochs: 60}, search: {inner_lr: ..., fixed_decay: ...}}
+      bo_only:       {settings: {family: fixed, fixed_decay: 0, epochs: 60},
+                      search: {inner_lr: ..., layer_decay.0: ..., layer_decay.1: ..., fixed_dropout: ...}}
+      bo_asha:       {settings: {family: fixed, ...}, search: {...},     # optional: the same search with
+                      asha: {grace_period: 5, reduction_factor: 3}}      # ASHA stopping weak trials early
       ift_defaults:  {settings: {family: weight_decay, granularity: per_weight, epochs: 60}}
       hybrid:        {settings: {family: weight_decay, ...}, search: {hyper_lr: ..., solver.terms: ...},
                       warm_start: true}   # optional: first trial at the defaults = the ift_defaults run
@@ -23,32 +26,41 @@ Layout (see searches/compare_digits_few.yaml)::
                                   # training over the meta-settings, inheriting weights and λ
 
 ``task`` holds the settings every strategy shares; it alone may set the data split (dataset,
-sizes, ``val_fraction``, ``imbalance``), so the three strategies train, select and are tested on
-the same examples. ``bo_only`` must use a family without λ (``fixed`` or ``fixed_augment``: no
-hypergradients), ``ift_defaults``, ``hybrid`` and ``pbt`` one with λ; ``ift_defaults`` searches
-nothing; ``pbt`` (optional) runs ``population`` trials side by side under Ray Tune's PBT
+sizes, ``val_fraction``, ``imbalance``), so the strategies train, select and are tested on
+the same examples. The baselines ``bo_only`` and ``bo_asha`` (optional) must use a family without λ
+(``fixed`` or ``fixed_augment``: no hypergradients; ``fixed`` searches per-tensor decays
+``layer_decay.k``, dropout and class weights), ``ift_defaults``, ``hybrid`` and ``pbt`` one with λ;
+``ift_defaults`` searches nothing; ``bo_asha`` is TPE with Ray Tune's ASHA scheduler, which stops
+trials that trail at its rungs (``asha``: grace period and reduction factor, epochs); ``pbt``
+(optional) runs ``population`` trials side by side under Ray Tune's PBT
 (:mod:`hybrid_hpo.tune.pbt`): its space gives the first settings and the ranges of the perturbations.
 Each sweep strategy becomes a :class:`~hybrid_hpo.tune.spec.SweepSpec` checked by the sweep
 validator, so a bad key fails before anything runs, with a one-line ConfigError naming the field.
 """
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybrid_hpo.config import RunConfig, field_names
+from hybrid_hpo.config import RunConfig, field_names, indexed_setting
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import Distribution
 from hybrid_hpo.tune.samplers import SamplerName
-from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Pbt, Resources, SweepSpec, check_known_key, first_error,
-                                  read_spec_file, setting_name, task_settings, validate_spec)
+from hybrid_hpo.tune.spec import (OBJECTIVES, TASK_METRIC, Asha, Pbt, Resources, SweepSpec, check_known_key,
+                                  first_error, read_spec_file, setting_name, task_settings, validate_spec)
 
-STRATEGIES: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid", "pbt")
+StrategyName = Literal["bo_only", "bo_asha", "ift_defaults", "hybrid", "pbt"]
+STRATEGIES: tuple[str, ...] = typing.get_args(StrategyName)
 REQUIRED: tuple[str, ...] = ("bo_only", "ift_defaults", "hybrid")
-SEARCHED: tuple[str, ...] = ("bo_only", "hybrid", "pbt")
+SEARCHED: tuple[str, ...] = ("bo_only", "bo_asha", "hybrid", "pbt")
 """``pbt`` (optional): population-based training over the meta-settings that inherits weights and λ."""
+BASELINES: tuple[str, ...] = ("bo_only", "bo_asha")
+"""The strategies without hypergradients (a family without λ); ``bo_asha`` (optional) adds ASHA."""
+OWN_KEYS: dict[str, tuple[str, ...]] = {"pbt": ("population", "pbt"), "bo_asha": ("asha",)}
+"""Strategy keys only one strategy takes."""
 SPLIT_KEYS: tuple[str, ...] = ("task", "dataset", "data_root", "download", "val_fraction", "train_size",
                                "val_size", "imbalance", "selection_fraction", "seed")
 """Settings that decide the examples of each split: only ``task`` sets them (``seed`` comes from ``seeds``)."""
@@ -58,7 +70,7 @@ leave short budgets no model-guided trial; the table counts them)."""
 
 
 class Strategy(BaseModel):
-    """One strategy: its fixed settings (RunConfig keys) and, for BO-only and hybrid, the space,
+    """One strategy: its fixed settings (RunConfig keys) and, for the searches, the space,
     sampler and startup trials. ``warm_start``: the search's first trial runs RunConfig's defaults
     of the searched keys (for the hybrid with the settings of ift_defaults: that very run)."""
 
@@ -70,10 +82,11 @@ class Strategy(BaseModel):
     warm_start: bool = False
     population: int = Field(default=4, ge=2)  # pbt: trials in the population
     pbt: Pbt = Field(default_factory=Pbt)  # pbt: perturbation interval, quantile, resampling
+    asha: Asha = Field(default_factory=Asha)  # bo_asha: grace period and reduction factor (epochs)
 
 
 class CompareSpec(BaseModel):
-    """Task, seeds, budget, selection and the three strategies (module docstring)."""
+    """Task, seeds, budget, selection and the strategies (module docstring)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # a bool is no number
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -86,7 +99,7 @@ class CompareSpec(BaseModel):
     report_mode: Literal["min", "max"] | None = None
     max_concurrent: int = Field(default=2, ge=1)
     resources: Resources = Field(default_factory=Resources)
-    strategies: dict[Literal["bo_only", "ift_defaults", "hybrid", "pbt"], Strategy]
+    strategies: dict[StrategyName, Strategy]
 
     @field_validator("metric")
     @classmethod
@@ -124,10 +137,11 @@ class CompareSpec(BaseModel):
 
     @field_validator("strategies")
     @classmethod
-    def _all_three(cls, value: dict) -> dict:
+    def _required(cls, value: dict) -> dict:
         missing = [name for name in REQUIRED if name not in value]
         if missing:
-            raise ValueError(f"{missing[0]} is missing; give all of {', '.join(REQUIRED)} (pbt is optional)")
+            raise ValueError(f"{missing[0]} is missing; give all of {', '.join(REQUIRED)} (bo_asha and pbt are "
+                             "optional)")
         return value
 
     def run_settings(self, strategy: str, seed: int) -> dict[str, Any]:
@@ -147,9 +161,10 @@ class CompareSpec(BaseModel):
         if strategy == "pbt":  # PBT, not TPE, picks the settings; same concurrency as the other searches
             raw.update(scheduler="pbt", pbt=chosen.pbt.model_dump(), num_trials=chosen.population,
                        startup_trials=None)
+        if strategy == "bo_asha":  # TPE suggests, ASHA stops the trials that trail at its rungs
+            raw.update(scheduler="asha", asha=chosen.asha.model_dump())
         if chosen.warm_start:
-            defaults = RunConfig.from_mapping(self.run_settings(strategy, seed)).to_dict()
-            raw["initial_points"] = [{key: defaults[key] for key in chosen.search}]
+            raw["initial_points"] = [default_point(self.run_settings(strategy, seed), chosen.search)]
         return validate_spec(raw, source=f"strategies.{strategy}")
 
 
@@ -162,6 +177,24 @@ def report_direction(report: str, metric: str, mode: str) -> Literal["min", "max
     if report.endswith("loss"):
         return "min"
     return mode if report.removeprefix("test_") == metric.partition("_")[2] else None
+
+
+def default_point(settings: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
+    """The searched keys at RunConfig's defaults given the fixed ``settings`` (a warm start's first
+    trial). An item ``<option>.<k>`` of a list option left empty (``layer_decay.k``) takes the
+    default L2 decay :data:`~hybrid_hpo.hyper.penalty.FIXED_DECAY` (what every tensor gets by default)."""
+    from hybrid_hpo.hyper.penalty import FIXED_DECAY
+
+    defaults = RunConfig.from_mapping(settings).to_dict()
+    point = {}
+    for key in search:
+        item = indexed_setting(key)
+        if item is None:
+            point[key] = defaults[key]
+        else:
+            values = defaults[item[0]]
+            point[key] = values[item[1]] if item[1] < len(values) else FIXED_DECAY
+    return point
 
 
 def load_compare_spec(path: str | Path) -> CompareSpec:
@@ -200,7 +233,7 @@ def with_changes(spec: CompareSpec, source: str, *, task: dict[str, Any] | None 
                  seeds: list[int] | None = None, warm_start: bool = False) -> CompareSpec:
     """``spec`` with changes given on a command line, validated again (ConfigError naming
     ``source``): ``task`` keys replaced, ``budget_s`` / ``seeds`` when not None, and with
-    ``warm_start`` both searches warm-started. Without changes, ``spec`` itself."""
+    ``warm_start`` every search warm-started. Without changes, ``spec`` itself."""
     if not task and budget_s is None and seeds is None and not warm_start:
         return spec
     raw = spec.model_dump(exclude_none=True, exclude_unset=True, mode="json")  # as written, not the defaults
@@ -216,10 +249,12 @@ def _check_strategy(spec: CompareSpec, strategy: str, source: str) -> None:
     from hybrid_hpo.hyper import FAMILIES
 
     chosen = spec.strategies[strategy]
-    misplaced = sorted({"population", "pbt"} & chosen.model_fields_set) if strategy != "pbt" else []
-    if misplaced:
-        raise ConfigError(f"{source}: strategies.{strategy}.{misplaced[0]}: only the pbt strategy has a "
-                          f"{misplaced[0]}; remove it or move it to strategies.pbt")
+    for owner, keys in OWN_KEYS.items():
+        misplaced = sorted(set(keys) & chosen.model_fields_set) if strategy != owner else []
+        if misplaced:
+            article = "an" if misplaced[0][0] in "aeiou" else "a"
+            raise ConfigError(f"{source}: strategies.{strategy}.{misplaced[0]}: only the {owner} strategy has "
+                              f"{article} {misplaced[0]}; remove it or move it to strategies.{owner}")
     if strategy in SEARCHED and not chosen.search:
         raise ConfigError(f"{source}: strategies.{strategy}.search: is empty; {strategy} searches at least one "
                           "setting, e.g. inner_lr: {type: loguniform, low: 1.0e-2, high: 0.3}")
@@ -231,7 +266,7 @@ def _check_strategy(spec: CompareSpec, strategy: str, source: str) -> None:
     except ConfigError as error:
         raise ConfigError(f"{source}: strategies.{strategy}: {error}") from None
     tunable = FAMILIES[config.family].tunable
-    if (strategy == "bo_only") == tunable:
+    if (strategy in BASELINES) == tunable:
         fitting = ", ".join(name for name, family in FAMILIES.items() if family.tunable != tunable)
         problem = "has hyperparameters tuned by hypergradient; BO-only uses one without" if tunable \
             else "has no hyperparameters to tune by hypergradient; use one with"

@@ -1,4 +1,4 @@
-"""From records to the comparison table: one selection rule for all three strategies.
+"""From records to the comparison table: one selection rule for all strategies.
 
 A strategy's *incumbent* at time t is, among the records it reported by t (every epoch of every
 trial; at most ``budget_s`` counts), the one with the best validation ``metric``: the model you
@@ -12,6 +12,11 @@ trials the sampler's model suggested (after its random start-up trials), mean ep
 within the budget. Below it, one row per pair of strategies: the paired per-seed differences of the
 test metric with a 95 % t interval, the paired t-test's p and the verdict at 5 %
 (:mod:`hybrid_hpo.compare.stats`).
+
+The *strongest baseline* is the strategy without hypergradients (``bo_only``, ``bo_asha``) whose
+picks have the best mean test metric (the first in :data:`STRATEGIES` order on a tie): the one a
+practitioner would have used instead. table.md opens with the hybrid against it in plain words,
+and that pair (then PBT's against it) comes first among the paired rows.
 """
 from __future__ import annotations
 
@@ -21,14 +26,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from hybrid_hpo.compare.run import StrategyRun
-from hybrid_hpo.compare.spec import STRATEGIES, CompareSpec
+from hybrid_hpo.compare.spec import BASELINES, STRATEGIES, CompareSpec
 from hybrid_hpo.compare.stats import Paired, paired_test
 
 LABELS: dict[str, str] = {"bo_only": "BO-only (TPE, no hypergradients)",
+                          "bo_asha": "BO + ASHA (TPE, weak trials stopped early, no hypergradients)",
                           "ift_defaults": "IFT with default meta-settings",
                           "hybrid": "Hybrid (TPE over meta-settings, IFT inside)",
                           "pbt": "PBT (meta-settings, inherits weights and λ)"}
-SHORT: dict[str, str] = {"bo_only": "BO-only", "ift_defaults": "IFT defaults", "hybrid": "Hybrid", "pbt": "PBT"}
+SHORT: dict[str, str] = {"bo_only": "BO-only", "bo_asha": "BO + ASHA", "ift_defaults": "IFT defaults",
+                         "hybrid": "Hybrid", "pbt": "PBT"}
+TPE_SEARCHES: tuple[str, ...] = ("bo_only", "bo_asha", "hybrid")
+"""The strategies whose settings TPE suggests (PBT's come from its population)."""
 MIN_GUIDED = 10
 """Trials a search's model should suggest for "Bayesian" to mean more than random search."""
 
@@ -75,12 +84,53 @@ def per_seed(runs: Sequence[StrategyRun], spec: CompareSpec, strategy: str) -> l
     return [by_seed[seed].get(spec.report, math.nan) if by_seed.get(seed) else math.nan for seed in spec.seeds]
 
 
-def paired_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[Paired]:
-    """Every later strategy (in :data:`STRATEGIES` order) against every earlier one, paired by seed."""
+def paired_rows(runs: Sequence[StrategyRun], spec: CompareSpec, first_against: str | None = None) -> list[Paired]:
+    """Every later strategy (in :data:`STRATEGIES` order) against every earlier one, paired by seed;
+    the hybrid's and then PBT's pair against ``first_against`` (the strongest baseline) first."""
     names = strategies(spec)
     upward = spec.report_mode == "max"
-    return [paired_test(a, b, per_seed(runs, spec, a), per_seed(runs, spec, b), upward)
-            for i, a in enumerate(names) for b in names[:i]][::-1]
+    pairs = [paired_test(a, b, per_seed(runs, spec, a), per_seed(runs, spec, b), upward)
+             for i, a in enumerate(names) for b in names[:i]][::-1]
+    lead = {("hybrid", first_against): 0, ("pbt", first_against): 1}
+    return sorted(pairs, key=lambda pair: lead.get((pair.a, pair.b), len(lead)))
+
+
+def strongest_baseline(rows: Sequence[dict[str, Any]], spec: CompareSpec) -> str | None:
+    """The baseline (:data:`BASELINES`) whose picks have the best mean report metric (the first in
+    :data:`STRATEGIES` order on a tie); None when no baseline has a finite mean."""
+    sign = 1.0 if spec.report_mode == "max" else -1.0
+    scored = [(sign * row[f"{spec.report}_mean"], row["strategy"]) for row in rows
+              if row["strategy"] in BASELINES and math.isfinite(row[f"{spec.report}_mean"])]
+    return max(scored, key=lambda item: item[0])[1] if scored else None
+
+
+VERDICT_WORDS: dict[str, str] = {"win": "the hybrid wins at the 5 % level",
+                                 "loss": "the hybrid loses at the 5 % level",
+                                 "tie": "no difference at the 5 % level (a tie)",
+                                 "n/a": "too few paired seeds for a test (n/a)"}
+
+
+def headline(rows: Sequence[dict[str, Any]], pairs: Sequence[Paired], spec: CompareSpec) -> str:
+    """Plain words: which baseline is strongest here, and the hybrid against it (mean paired
+    difference, 95 % interval, p, verdict)."""
+    best = strongest_baseline(rows, spec)
+    if best is None:
+        return "Strongest baseline: none (no baseline delivered a finite result)."
+    scale, digits, unit = (100.0, 1, " %") if spec.report.endswith("acc") else (1.0, 3, "")
+    means = {row["strategy"]: row[f"{spec.report}_mean"] for row in rows}
+    others = "; ".join(f"{SHORT[name]} {_format(scale * means[name], digits)}{unit}" for name in BASELINES
+                       if name in means and name != best)
+    lines = [f"Strongest baseline: {LABELS[best]}, mean {spec.report} {_format(scale * means[best], digits)}{unit}"
+             + (f" (other baselines: {others})." if others else ".")]
+    pair = next((p for p in pairs if (p.a, p.b) == ("hybrid", best)), None)
+    if pair is not None:
+        diff_scale, diff_digits, diff_unit = (100.0, 2, " points") if scale != 1.0 else (1.0, 4, "")
+        lines.append(f"Hybrid vs {SHORT[best]}: {diff_scale * pair.mean:+.{diff_digits}f}{diff_unit} {spec.report} on "
+                     f"average over {pair.n} paired seed{'s' if pair.n != 1 else ''} (95 % interval "
+                     f"[{_format(diff_scale * pair.low, diff_digits)}, {_format(diff_scale * pair.high, diff_digits)}], "
+                     f"p = {_format(pair.p, 3)}): "
+                     f"{VERDICT_WORDS[pair.verdict]}.")
+    return "\n".join(lines)
 
 
 def summary_rows(runs: Sequence[StrategyRun], spec: CompareSpec) -> list[dict[str, Any]]:
@@ -135,10 +185,11 @@ def pairs_table(pairs: Sequence[Paired], spec: CompareSpec) -> str:
 
 
 def report_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[Paired], spec: CompareSpec) -> str:
-    """table.md: the strategies' table, the paired differences and, when a search's model suggested
-    fewer than :data:`MIN_GUIDED` trials on average, a note saying so."""
-    parts = [markdown_table(rows, spec), "", pairs_table(pairs, spec)]
-    few = [SHORT[row["strategy"]] for row in rows if row["strategy"] in ("bo_only", "hybrid")
+    """table.md: the :func:`headline` (the hybrid against the strongest baseline), the strategies'
+    table, the paired differences and, when a search's model suggested fewer than
+    :data:`MIN_GUIDED` trials on average, a note saying so."""
+    parts = [headline(rows, pairs, spec), "", markdown_table(rows, spec), "", pairs_table(pairs, spec)]
+    few = [SHORT[row["strategy"]] for row in rows if row["strategy"] in TPE_SEARCHES
            and row["guided"] < MIN_GUIDED]
     if few:
         parts += ["", f"Note: {', '.join(few)} had fewer than {MIN_GUIDED} model-guided trials on average; "

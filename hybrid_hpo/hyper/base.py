@@ -89,6 +89,8 @@ class FamilyContext:
     num_classes: number of classes C of the logits; None for a task that is not classification.
     model:       the model (families find its :class:`hybrid_hpo.nn.HyperDropout` sites in it).
     loss:        the task's per-example loss (output, target) -> (B,).
+    data:        the run's splits (a family that needs the training labels reads ``data.train``,
+                 e.g. the class weights of ``fixed``); None where no run builds the family.
     """
 
     params: Mapping[str, Tensor]
@@ -97,6 +99,7 @@ class FamilyContext:
     num_classes: int | None
     model: nn.Module | None = None
     loss: ExampleLoss = cross_entropy
+    data: DataSplits | None = None
 
 
 class HyperFamily(ABC):

@@ -1,6 +1,7 @@
 """The fixed L2 term c/2·Σ‖w‖² that several families add to L_T (augment, fixed_augment, distill,
 fixed), and its option ``fixed_decay``, declared alike by each of them through
-:func:`fixed_decay_setting`."""
+:func:`fixed_decay_setting`; which tensors count as decayed weights (:func:`decayed_tensors`, shared
+by ``weight_decay`` and the per-tensor decays of ``fixed``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,7 +15,14 @@ from hybrid_hpo.rules import Range, setting
 FIXED_DECAY: float = 1e-3
 """The default c of the fixed L2 term (``fixed_decay``)."""
 
-__all__ = ["FIXED_DECAY", "fixed_decay_setting", "l2_penalty", "with_fixed_decay"]
+__all__ = ["FIXED_DECAY", "decayed_tensors", "fixed_decay_setting", "l2_penalty", "with_fixed_decay"]
+
+
+def decayed_tensors(params: Mapping[str, Tensor]) -> tuple[str, ...]:
+    """Names of the weight tensors (``ndim >= 2``: Linear weights, conv kernels, embeddings, LSTM
+    matrices) in parameter order: what a per-tensor decay decays; biases and normalisation
+    parameters (1-D) are not among them."""
+    return tuple(name for name, p in params.items() if p.ndim >= 2)
 
 
 def fixed_decay_setting() -> Any:

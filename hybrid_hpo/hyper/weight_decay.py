@@ -29,6 +29,7 @@ from torch import Tensor
 
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.base import Batch, FamilyContext, FamilyOptions, HyperFamily, ModelFn
+from hybrid_hpo.hyper.penalty import decayed_tensors
 from hybrid_hpo.rules import OneOf, Range, setting
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class WeightDecay(HyperFamily):
         super().__init__(loss)
         WeightDecayOptions(granularity=granularity, init_decay=init_decay)
         self.granularity = granularity
-        self.decayed: tuple[str, ...] = tuple(name for name, p in params.items() if p.ndim >= 2)
+        self.decayed: tuple[str, ...] = decayed_tensors(params)
         if not self.decayed:
             raise ConfigError("model: weight_decay needs a parameter with ndim >= 2 to decay; the model has none")
         first = params[self.decayed[0]]

@@ -48,7 +48,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybrid_hpo.config import SOLVER_PREFIX, RunConfig, field_names, is_setting, unknown_setting_message
+from hybrid_hpo.config import (SOLVER_PREFIX, RunConfig, field_names, indexed_setting, is_setting,
+                               unknown_setting_message)
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.distributions import DISTRIBUTION_TYPES, Distribution
 from hybrid_hpo.tune.samplers import SamplerName
@@ -428,6 +429,9 @@ def _locate(message: str, fixed: dict[str, str], searched: dict[str, Any], label
         return f"{fixed[key]}: {rest}"
     if key in searched:
         return f"search.{key}: {rest} (at {label})"
+    option = (indexed_setting(key) or (key, 0))[0]
+    if any((indexed_setting(name) or ("", 0))[0] == option for name in searched):  # items of a list option
+        return f"search.{key}: {rest}"
     return f"{message} (at {label})"
 
 
