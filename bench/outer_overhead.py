@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "searches" / "quickstart.yaml"
 
 
-def _sleep_trainable(slots_dir: str, epochs_s: list[list[float]]):
-    """A Trainable whose k-th trial (in the order trials start) sleeps ``epochs_s[k]`` epoch by epoch."""
+def _sleep_trainable(slots_dir: str, epochs_s: list[list[float]], metric: str):
+    """A Trainable whose k-th trial (in the order trials start) sleeps ``epochs_s[k]`` epoch by epoch,
+    reporting ``metric``."""
     from ray import tune
 
     class SleepTrainable(tune.Trainable):
@@ -60,7 +61,7 @@ def _sleep_trainable(slots_dir: str, epochs_s: list[list[float]]):
         def step(self):
             time.sleep(self.sleeps[self.epoch])
             self.epoch += 1
-            return {"val_loss": 1.0 / self.epoch, "done": self.epoch >= len(self.sleeps), "reported_at": time.time()}
+            return {metric: 1.0 / self.epoch, "done": self.epoch >= len(self.sleeps), "reported_at": time.time()}
 
     return SleepTrainable
 
@@ -137,7 +138,7 @@ def run_floor(workdir: Path, epochs_s: list[list[float]]) -> tuple[float, dict[s
     space = {name: to_optuna_distribution(name, value) for name, value in spec.search.items()}
     searcher = ConcurrencyLimiter(OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, seed=spec.seed),
                                   max_concurrent=spec.max_concurrent)
-    trainable = tune.with_resources(_sleep_trainable(str(slots), epochs_s), trial_resources(spec))
+    trainable = tune.with_resources(_sleep_trainable(str(slots), epochs_s, spec.metric), trial_resources(spec))
     tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(epochs_s),
                                                              reuse_actors=True),
                       run_config=tune.RunConfig(storage_path=str(workdir), name="floor", verbose=0,
