@@ -1,7 +1,19 @@
 """The optimizers a run names (``inner_optimizer``, ``hyper_optimizer``), shared by the bilevel
-loop and the families' own fits (distillation's evaluation) without either importing the other."""
+loop and the families' own fits (distillation's evaluation) without either importing the other.
+
+They are torch.optim's own classes (same update kernels, state and ``state_dict`` format, so a
+checkpoint written with plain ``torch.optim`` loads), minus torch's lazy import of
+``torch._dynamo``: every ``torch.optim`` optimizer imports it on its first ``__init__`` and ``step``
+(their methods are wrapped for ``torch.compile``), which costs a fresh process (a sweep's trial
+actor) more than importing torch itself. :func:`make_optimizer` subclasses the torch class with the
+unwrapped methods (``step`` under ``torch.no_grad``, as torch's wrapper runs it for a
+non-differentiable optimizer); under ``torch.compile`` nothing of this is needed, and this module
+is not used there.
+"""
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -11,18 +23,40 @@ if TYPE_CHECKING:
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
 """Names accepted by ``inner_optimizer`` and ``hyper_optimizer`` (``momentum`` = SGD, momentum 0.9)."""
 
+# torch.optim.Optimizer methods that torch wraps in ``torch._disable_dynamo`` (a lazy import of torch._dynamo)
+_DYNAMO_WRAPPED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
 
 def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """One of :data:`OPTIMIZERS`: sgd, momentum (SGD, momentum 0.9), adam, rmsprop."""
+    """One of :data:`OPTIMIZERS`: sgd, momentum (SGD, momentum 0.9), adam, rmsprop (torch.optim's
+    classes without their ``torch._dynamo`` import, see the module docstring)."""
     import torch
 
     params = list(params)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return without_dynamo(torch.optim.SGD)(params, lr=lr)
     if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return without_dynamo(torch.optim.SGD)(params, lr=lr, momentum=0.9)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return without_dynamo(torch.optim.Adam)(params, lr=lr)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
+        return without_dynamo(torch.optim.RMSprop)(params, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+@functools.cache
+def without_dynamo(optimizer_class: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """A subclass of the torch.optim class ``optimizer_class`` whose ``step`` (run under
+    ``torch.no_grad``) and ``add_param_group`` / ``zero_grad`` / ``state_dict`` /
+    ``load_state_dict`` are torch's own functions without the wrappers that import ``torch._dynamo``.
+    The class itself when torch's methods carry no such wrapper."""
+    import torch
+
+    methods = {name: getattr(torch.optim.Optimizer, name) for name in _DYNAMO_WRAPPED}
+    methods["step"] = optimizer_class.step
+    unwrapped = {name: inspect.unwrap(method) for name, method in methods.items()}
+    if all(unwrapped[name] is method for name, method in methods.items()):
+        return optimizer_class
+    unwrapped["step"] = torch.no_grad()(unwrapped["step"])
+    return type(optimizer_class.__name__, (optimizer_class,), {**unwrapped, "__module__": __name__,
+                                                               "__doc__": without_dynamo.__doc__})
