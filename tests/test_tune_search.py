@@ -139,3 +139,26 @@ def test_restarted_trial_does_not_report_an_epoch_twice(tmp_path):
         search.on_trial_result("r", _result(1, 0.9))  # the trial restarted from scratch on resume
         search.on_trial_complete("r", _result(2, 0.5))
     assert _trial(search).intermediate_values == {1: 0.9, 2: 0.5}
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "memory"])
+def test_user_attributes_are_written_in_one_transaction_and_all_arrive(tmp_path, storage):
+    from sqlalchemy import event
+
+    from hybrid_hpo.tune.search import set_user_attrs
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=url if storage == "sqlite" else None)
+    trial = study.ask()
+    commits = []
+    if storage == "sqlite":
+        event.listen(study._storage._backend.engine, "commit", lambda connection: commits.append(1))
+    attrs = {f"metric_{i}": i / 4 for i in range(40)} | {"node_id": "abc", "end_reason": "stopped"}
+    set_user_attrs(trial, attrs)
+    assert trial.user_attrs == attrs
+    if storage == "sqlite":
+        assert len(commits) == 1
+        assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].user_attrs == attrs
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError):  # a finished trial takes no more attributes, batched or not
+        set_user_attrs(trial, {"late": 1})
