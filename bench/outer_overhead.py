@@ -171,8 +171,6 @@ mark("import the rest of the trainable (hybrid_hpo)")
 from hybrid_hpo.data import _digits
 _digits()
 mark("import sklearn, load digits (first trainer's data)")
-import torch._dynamo
-mark("import torch._dynamo (torch.optim's first optimizer does)")
 config = dict(base_config(load_spec(sys.argv[1])), inner_lr=0.1, hyper_lr=0.01, val_fraction=0.3, inner_steps=1,
               epochs=1, **{"solver.terms": 1, "solver.alpha": 0.1})
 actor = IFTTrainable.__new__(IFTTrainable)  # what setup() and reset_config() do, without an actor
@@ -188,6 +186,7 @@ for name in ("first", "second"):
 for label, seconds in marks:
     if label != "-":
         print(f"  {label:<58} {seconds:6.2f} s")
+print(f"  torch._dynamo imported by then: {'torch._dynamo' in sys.modules} (torch.optim's own classes import it)")
 """
 
 DRIVER_PARTS = {  # pstats function name -> what it is
