@@ -174,7 +174,8 @@ mark("import sklearn, load digits (first trainer's data)")
 config = dict(base_config(load_spec(sys.argv[1])), inner_lr=0.1, hyper_lr=0.01, val_fraction=0.3, inner_steps=1,
               epochs=1, **{"solver.terms": 1, "solver.alpha": 0.1})
 actor = IFTTrainable.__new__(IFTTrainable)  # what setup() and reset_config() do, without an actor
-actor.task_source, actor.run_config = None, None
+actor.task_source, actor.run_config, actor.metric, actor.mode = None, None, "sel_loss", "min"
+actor.digests, actor.restored = False, {}
 for name in ("first", "second"):
     mark("-")
     actor._build(config)
@@ -251,8 +252,9 @@ def main() -> None:
                 profile_driver(Path(tmp) / "profiled")
     finally:
         ray.shutdown()
-    share = statistics.median(100 * (ours - floor) / ours for ours, floor, _ in rows)
-    print(f"median overhead above the floor: {share:.0f} % of our sweep's wall time (goal <= 10 %)")
+    if rows:  # --repeats 0 --profile: the profiles only
+        share = statistics.median(100 * (ours - floor) / ours for ours, floor, _ in rows)
+        print(f"median overhead above the floor: {share:.0f} % of our sweep's wall time (goal <= 10 %)")
     print(f"# load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.profile:
         print("actor profile (a fresh process, as a trial actor starts; its work besides training):", flush=True)
