@@ -196,6 +196,8 @@ DRIVER_PARTS = {  # pstats function name -> what it is
     "save_to_dir": "  of which our signing of Ray's pickles",
     "on_trial_result": "Optuna: one intermediate value per epoch (SQLite)",
     "on_trial_complete": "Optuna: user attributes, pictures, tell per trial (SQLite)",
+    "set_user_attrs": "  of which the user attributes (one transaction each call)",
+    "_attach_pictures": "  of which uploading the trial's pictures",
     "suggest": "Optuna: TPE suggest per trial (SQLite)",
 }
 
