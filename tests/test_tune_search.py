@@ -162,3 +162,29 @@ def test_user_attributes_are_written_in_one_transaction_and_all_arrive(tmp_path,
     study.tell(trial, 1.0)
     with pytest.raises(RuntimeError):  # a finished trial takes no more attributes, batched or not
         set_user_attrs(trial, {"late": 1})
+
+
+def test_a_batch_that_meets_a_concurrent_write_falls_back_to_one_write_per_key(tmp_path, monkeypatch):
+    """Nothing is lost when the one transaction is rolled back (a row written meanwhile)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from hybrid_hpo.tune.search import set_user_attrs
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=url)
+    trial = study.ask()
+    rdb = study._storage._backend
+    write = rdb._set_trial_attr_without_commit
+    calls = []
+
+    def collide_once(session, model, trial_id, key, value):
+        calls.append(key)
+        if len(calls) == 3:
+            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+        return write(session, model, trial_id, key, value)
+
+    monkeypatch.setattr(rdb, "_set_trial_attr_without_commit", collide_once)
+    attrs = {f"metric_{i}": float(i) for i in range(6)}
+    set_user_attrs(trial, attrs)
+    assert len(calls) == 3 + len(attrs)  # the batch stopped at its third key, then each key on its own
+    assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].user_attrs == attrs

@@ -240,21 +240,32 @@ class RecordingOptunaSearch(OptunaSearch):
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """``trial.set_user_attr(key, value)`` for each of ``attrs``; on an RDB storage in one
     transaction (a trial's ~40 final metrics: one commit, not one each, on the driver's event loop
-    between a trial's end and the next trial's start). Other storages get one write per key."""
+    between a trial's end and the next trial's start). Other storages, or a transaction that meets a
+    key written meanwhile by someone else, get one write per key, as Optuna does it."""
     if not attrs:
         return
     rdb = getattr(trial.storage, "_backend", trial.storage)  # Optuna wraps an RDBStorage in a cache
-    if not isinstance(rdb, optuna.storages.RDBStorage):
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+    if isinstance(rdb, optuna.storages.RDBStorage) and _in_one_transaction(rdb, trial._trial_id, attrs):
+        trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr keeps in step
         return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def _in_one_transaction(rdb: optuna.storages.RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> bool:
+    """Write ``attrs`` with Optuna's own per-key statement, all in one transaction; False (nothing
+    written) when a key's row appeared meanwhile (the transaction is rolled back, not half-done)."""
     from optuna.storages._rdb.models import TrialUserAttributeModel
     from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy.exc import IntegrityError
 
-    with _create_scoped_session(rdb.scoped_session, True) as session:
-        for key, value in attrs.items():
-            rdb._set_trial_attr_without_commit(session, TrialUserAttributeModel, trial._trial_id, key, value)
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr keeps in step with the storage
+    try:
+        with _create_scoped_session(rdb.scoped_session) as session:
+            for key, value in attrs.items():
+                rdb._set_trial_attr_without_commit(session, TrialUserAttributeModel, trial_id, key, value)
+    except IntegrityError:
+        return False
+    return True
 
 
 def close_running(storage: optuna.storages.BaseStorage, study_name: str, sweep_id: str,
