@@ -58,5 +58,22 @@ def without_dynamo(optimizer_class: type[torch.optim.Optimizer]) -> type[torch.o
     if all(unwrapped[name] is method for name, method in methods.items()):
         return optimizer_class
     unwrapped["step"] = torch.no_grad()(unwrapped["step"])
-    return type(optimizer_class.__name__, (optimizer_class,), {**unwrapped, "__module__": __name__,
-                                                               "__doc__": without_dynamo.__doc__})
+    name = optimizer_class.__name__ + _SUFFIX  # found by pickle through this module's __getattr__
+    return type(name, (optimizer_class,), {**unwrapped, "__module__": __name__, "__qualname__": name,
+                                           "__doc__": without_dynamo.__doc__})
+
+
+_SUFFIX = "WithoutDynamo"
+
+
+def __getattr__(name: str) -> type:
+    """``<torch.optim class name>WithoutDynamo``: the class :func:`without_dynamo` makes (so an
+    optimizer pickles and unpickles, also in a process that has not made one yet)."""
+    if not name.endswith(_SUFFIX):  # before importing torch: any probe of a missing name lands here
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+
+    base = getattr(torch.optim, name.removesuffix(_SUFFIX), None)
+    if not isinstance(base, type) or not issubclass(base, torch.optim.Optimizer):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return without_dynamo(base)

@@ -79,3 +79,20 @@ print("torch._dynamo" in sys.modules, trainer.epoch)
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "1"]
+
+
+def test_an_optimizer_pickles_and_keeps_its_state():
+    """As torch.optim's optimizers do (e.g. a trainer copied with pickle); the class is found by name."""
+    import pickle
+
+    params = _params()
+    optimizer = make_optimizer("adam", params, lr=0.05)
+    _run(optimizer, params, 2)
+    copy_ = pickle.loads(pickle.dumps(optimizer))
+    assert type(copy_) is type(optimizer)
+    state, copied = optimizer.state_dict(), copy_.state_dict()
+    assert copied["param_groups"] == state["param_groups"]
+    assert all(torch.equal(copied["state"][0][key], value) for key, value in state["state"][0].items())
+    probe = "import pickle, sys; print(type(pickle.loads(sys.stdin.buffer.read())).__name__)"
+    out = subprocess.run([sys.executable, "-c", probe], input=pickle.dumps(optimizer), capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "AdamWithoutDynamo"  # a fresh process that never made one
