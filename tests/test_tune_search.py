@@ -139,3 +139,52 @@ def test_restarted_trial_does_not_report_an_epoch_twice(tmp_path):
         search.on_trial_result("r", _result(1, 0.9))  # the trial restarted from scratch on resume
         search.on_trial_complete("r", _result(2, 0.5))
     assert _trial(search).intermediate_values == {1: 0.9, 2: 0.5}
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "memory"])
+def test_user_attributes_are_written_in_one_transaction_and_all_arrive(tmp_path, storage):
+    from sqlalchemy import event
+
+    from hybrid_hpo.tune.search import set_user_attrs
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=url if storage == "sqlite" else None)
+    trial = study.ask()
+    commits = []
+    if storage == "sqlite":
+        event.listen(study._storage._backend.engine, "commit", lambda connection: commits.append(1))
+    attrs = {f"metric_{i}": i / 4 for i in range(40)} | {"node_id": "abc", "end_reason": "stopped"}
+    set_user_attrs(trial, attrs)
+    assert trial.user_attrs == attrs
+    if storage == "sqlite":
+        assert len(commits) == 1
+        assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].user_attrs == attrs
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError):  # a finished trial takes no more attributes, batched or not
+        set_user_attrs(trial, {"late": 1})
+
+
+def test_a_batch_that_meets_a_concurrent_write_falls_back_to_one_write_per_key(tmp_path, monkeypatch):
+    """Nothing is lost when the one transaction is rolled back (a row written meanwhile)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from hybrid_hpo.tune.search import set_user_attrs
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=url)
+    trial = study.ask()
+    rdb = study._storage._backend
+    write = rdb._set_trial_attr_without_commit
+    calls = []
+
+    def collide_once(session, model, trial_id, key, value):
+        calls.append(key)
+        if len(calls) == 3:
+            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+        return write(session, model, trial_id, key, value)
+
+    monkeypatch.setattr(rdb, "_set_trial_attr_without_commit", collide_once)
+    attrs = {f"metric_{i}": float(i) for i in range(6)}
+    set_user_attrs(trial, attrs)
+    assert len(calls) == 3 + len(attrs)  # the batch stopped at its third key, then each key on its own
+    assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].user_attrs == attrs

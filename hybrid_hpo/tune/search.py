@@ -179,8 +179,7 @@ class RecordingOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if config is not None:
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
-            self._ot_trials[trial_id].set_user_attr(SWEEP_ID_ATTR, self.sweep_id)
+            set_user_attrs(self._ot_trials[trial_id], {"ray_trial_id": trial_id, SWEEP_ID_ATTR: self.sweep_id})
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -200,16 +199,16 @@ class RecordingOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric)
         state, reason = self._final_state(result, value, error)
+        attrs = metrics_as_user_attrs(result, self.metric) if result else {}
         if result:
             step = result.get("training_iteration")
             if value is not None and step is not None and step != self._reported_step.get(trial_id):
                 if math.isfinite(value):
                     ot_trial.report(value, step)
                 self._reported_step[trial_id] = step
-            for key, attr in metrics_as_user_attrs(result, self.metric).items():
-                ot_trial.set_user_attr(key, attr)
         if reason:
-            ot_trial.set_user_attr("end_reason", reason)
+            attrs["end_reason"] = reason
+        set_user_attrs(ot_trial, attrs)
         self._attach_pictures(trial_id, ot_trial)
         self._ot_study.tell(ot_trial, value if state == TrialState.COMPLETE else None, state=state)
         self._completed_trials.add(trial_id)
@@ -236,6 +235,37 @@ class RecordingOptunaSearch(OptunaSearch):
         if isinstance(budget, int) and result.get("training_iteration", budget) < budget:
             return TrialState.PRUNED, f"stopped by the scheduler at iteration {result['training_iteration']} of {budget}"
         return TrialState.COMPLETE, ""
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """``trial.set_user_attr(key, value)`` for each of ``attrs``; on an RDB storage in one
+    transaction (a trial's ~40 final metrics: one commit, not one each, on the driver's event loop
+    between a trial's end and the next trial's start). Other storages, or a transaction that meets a
+    key written meanwhile by someone else, get one write per key, as Optuna does it."""
+    if not attrs:
+        return
+    rdb = getattr(trial.storage, "_backend", trial.storage)  # Optuna wraps an RDBStorage in a cache
+    if isinstance(rdb, optuna.storages.RDBStorage) and _in_one_transaction(rdb, trial._trial_id, attrs):
+        trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr keeps in step
+        return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def _in_one_transaction(rdb: optuna.storages.RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> bool:
+    """Write ``attrs`` with Optuna's own per-key statement, all in one transaction; False (nothing
+    written) when a key's row appeared meanwhile (the transaction is rolled back, not half-done)."""
+    from optuna.storages._rdb.models import TrialUserAttributeModel
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with _create_scoped_session(rdb.scoped_session) as session:
+            for key, value in attrs.items():
+                rdb._set_trial_attr_without_commit(session, TrialUserAttributeModel, trial_id, key, value)
+    except IntegrityError:
+        return False
+    return True
 
 
 def close_running(storage: optuna.storages.BaseStorage, study_name: str, sweep_id: str,
