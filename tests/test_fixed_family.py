@@ -32,13 +32,8 @@ def test_masks_drop_at_the_rate_and_keep_the_mean():
 
 
 def test_train_loss_is_cross_entropy_plus_l2_without_dropout_and_changes_with_it():
-    torch.manual_seed(0)
-    model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(32, 16))
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    fn = lambda p, x: torch.func.functional_call(model, {**buffers, **p}, (x,))  # noqa: E731
-    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    batch = (x, y, torch.arange(64))
+    model, params, fn, batch = _mlp_problem()
+    x, y = batch[0], batch[1]
     plain = FixedRegularization(SITES, fixed_decay=0.01, fixed_dropout=0.0)
     expected = F.cross_entropy(model(x), y) + 0.5 * 0.01 * sum(p.square().sum() for p in params.values())
     torch.testing.assert_close(plain.train_loss(fn, params, {}, batch), expected)
