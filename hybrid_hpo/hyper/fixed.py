@@ -42,7 +42,7 @@ from torch import Tensor
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.hyper.base import Batch, FamilyContext, FamilyOptions, HyperFamily, ModelFn
 from hybrid_hpo.hyper.dropout import NO_SITES
-from hybrid_hpo.hyper.penalty import FIXED_DECAY, decayed_tensors, fixed_decay_setting
+from hybrid_hpo.hyper.penalty import FIXED_DECAY, decayed_tensors, fixed_decay_setting, l2_penalty
 from hybrid_hpo.models import build_model, has_dropout_sites
 from hybrid_hpo.nn import dropout_sites
 from hybrid_hpo.rules import Each, Range, setting
@@ -138,7 +138,10 @@ class FixedRegularization(HyperFamily):
                 .div_(keep).to(device=like.device, dtype=like.dtype) for name, shape in self.sites.items()}
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor | None:
-        """1/2 · Σ_n c_n · ||w_n||² (module docstring), a scalar; None when every c_n is 0."""
+        """1/2 · Σ_n c_n · ||w_n||² (module docstring), a scalar; None when every c_n is 0. Without
+        ``layer_decay`` it is the other families' fixed L2 term (:func:`l2_penalty`), term for term."""
+        if not self.layer_decay:
+            return l2_penalty(params, self.fixed_decay) if self.fixed_decay else None
         terms = [decay * p.square().sum() for name, p in params.items()
                  if (decay := self.layer_decay.get(name, self.fixed_decay))]
         return 0.5 * torch.stack(terms).sum() if terms else None
