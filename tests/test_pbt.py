@@ -20,19 +20,25 @@ from hybrid_hpo.tune.pbt import ClipToSpace
 from hybrid_hpo.tune.plan import plan_sweep
 from hybrid_hpo.tune.spec import validate_spec
 
-EPOCHS = 12  # six perturbation points: asynchronous PBT exploits only among trials alive at that moment
+EPOCHS = 8
 SPEC = {
     "task": {"dataset": "digits", "train_size": 64, "val_size": 64, "model": "mlp", "hidden": [16],
              "batch_size": 32, "epochs": EPOCHS},
     "solver": {"name": "neumann", "terms": 2},
     "search": {"inner_lr": {"type": "loguniform", "low": 1.0e-4, "high": 0.5},
                "hyper_lr": {"type": "loguniform", "low": 1.0e-3, "high": 0.1}},
-    "num_trials": 4, "max_concurrent": 4, "scheduler": "pbt",  # the whole population at once (tune/pbt.py)
-    "pbt": {"perturbation_interval": 2, "quantile_fraction": 0.5, "resample_probability": 0.0},
-    # the second trial learns almost nothing: it is in the bottom half at every perturbation
+    # synchronous PBT: every perturbation point waits for the whole population (the test session's Ray has
+    # 2 CPUs for 4 trials), so which trials exploit does not depend on how fast actors start
+    "num_trials": 4, "max_concurrent": 4, "scheduler": "pbt",
+    "pbt": {"perturbation_interval": 2, "quantile_fraction": 0.5, "resample_probability": 0.0, "synch": True},
+    # the second trial learns almost nothing: it is in the bottom half at the first perturbation point
     "initial_points": [{"inner_lr": 0.3}, {"inner_lr": 1.0e-4}],
     "resources": {"cpu": 1, "gpu": 0},
 }
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
 
 
 def test_an_exploited_trial_restores_the_source_trials_lambda_and_perturbs_its_meta_settings(ray_session, tmp_path,
@@ -42,6 +48,8 @@ def test_an_exploited_trial_restores_the_source_trials_lambda_and_perturbs_its_m
     results = tmp_path / "results"
     code = cli.main(["sweep", str(tmp_path / "pbt.yaml"), "--results-dir", str(results)])
     assert code == 0, capsys.readouterr().out[-3000:]
+    # Ray starts a trial's result.json afresh when it restarts the trial on a new actor (PBT pauses and
+    # restarts trials): earlier rows may be missing, the last row is always there
     rows = {path.parent.name.split("_")[1] + "_" + path.parent.name.split("_")[2]:
             [json.loads(line) for line in path.read_text().splitlines()] for path in (results / "tune").glob("*/result.json")}
     assert len(rows) == 4
@@ -49,31 +57,30 @@ def test_an_exploited_trial_restores_the_source_trials_lambda_and_perturbs_its_m
     assert len(study.trials) == 4 and {t.state for t in study.trials} == {TrialState.COMPLETE}
     by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     recorded = {trial: next(t for ray_id, t in by_ray.items() if ray_id.endswith(trial)) for trial in rows}
-    # the study holds each trial's first settings (the initial points among them) and its final ones
+    # the study holds each trial's first settings (the initial points among them), its final ones and lineage
     assert {0.3, 1.0e-4} <= {t.params["inner_lr"] for t in recorded.values()}
     for trial, results_of in rows.items():
         assert recorded[trial].user_attrs["final.inner_lr"] == results_of[-1]["config"]["inner_lr"]
-
-    # (Ray starts a trial's result.json afresh when it restarts the trial on a new actor, so earlier rows
-    # of a trial may be missing: every restore whose source row survived is checked)
-    exploits = []  # (trial, source, config after the restore)
-    for trial, results_of in rows.items():
-        for row in results_of:
-            if "restored_digest" not in row:
-                continue
-            # the trial that wrote the restored checkpoint: it reported λ with this digest after that epoch
-            sources = [other for other, theirs in rows.items() if other != trial and any(
-                r["training_iteration"] == row["restored_epoch"] and r["hparams_digest"] == row["restored_digest"]
-                for r in theirs)]
-            if sources:
-                exploits.append((trial, sources[0], row["config"]))
-    assert exploits, "no restore matched a checkpoint another trial reported (λ digest at that epoch)"
+        assert recorded[trial].user_attrs["lineage"] == results_of[-1]["lineage"]
     slow = next(trial for trial in rows if recorded[trial].params["inner_lr"] == pytest.approx(1e-4))
     assert recorded[slow].user_attrs["final.inner_lr"] != pytest.approx(1e-4)  # it took a perturbed copy
-    for trial, source, after in exploits:  # (a trial exploited twice may draw the same value again)
-        source_lr = {r["config"]["inner_lr"] for r in rows[source]}
-        # explore with resample_probability 0: the source's inner_lr times 0.8 or 1.2, clipped to the range
-        assert any(min(max(lr * f, 1e-4), 0.5) == pytest.approx(after["inner_lr"]) for lr in source_lr for f in (0.8, 1.2))
+
+    # every exploit behind the trials' final weights: the λ loaded equal the λ the source saved
+    exploits = {(e["into"], e["epoch"], e["source"]): e for t in recorded.values() for e in json.loads(t.user_attrs["lineage"])}
+    assert exploits, "no trial's final weights came from another trial's checkpoint"
+    assert json.loads(recorded[slow].user_attrs["lineage"])[-1]["into"] == slow  # its last restore
+    bounds = {key: (dist["low"], dist["high"]) for key, dist in SPEC["search"].items()}
+    for (into, epoch, source), exploit in exploits.items():
+        assert source != into and epoch % SPEC["pbt"]["perturbation_interval"] == 0
+        assert exploit["restored_digest"] == exploit["source_digest"]
+        # explore with resample_probability 0: each searched setting of the source times 0.8 or 1.2, clipped
+        for key, (low, high) in bounds.items():
+            assert any(_clip(exploit["source_settings"][key] * f, low, high) == pytest.approx(exploit["settings"][key])
+                       for f in (0.8, 1.2)), (key, exploit)
+        # where the source's row of that epoch survived, it reported the same λ digest
+        for row in rows[source]:
+            if row["training_iteration"] == epoch:
+                assert row["hparams_digest"] == exploit["source_digest"]
 
 
 def test_load_state_dict_keeps_lambda_and_weights_but_takes_the_new_learning_rates():

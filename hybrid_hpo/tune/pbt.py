@@ -26,6 +26,10 @@ ended with after its mutations are its user attributes ``final.<setting>``.
 Only meta-settings that keep the data and the shapes of weights and λ can change mid-run
 (:data:`MUTABLE`, and any ``solver.<option>``): :func:`check_mutable` refuses others. A PBT sweep
 cannot be resumed (its population state is Ray's scheduler, not in the study).
+
+``pbt.synch: true`` runs Ray's synchronous PBT: each perturbation point waits for the whole
+population (trials pause and free their resources), so exploits do not depend on timing and the
+population need not fit at once. Each trial reports its ``lineage`` (:class:`~hybrid_hpo.tune.trainable.Exploit`).
 """
 from __future__ import annotations
 
@@ -86,7 +90,7 @@ def make_scheduler(spec):
         time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
         perturbation_interval=spec.pbt.perturbation_interval, hyperparam_mutations=ray_domains(spec.search),
         quantile_fraction=spec.pbt.quantile_fraction, resample_probability=spec.pbt.resample_probability,
-        custom_explore_fn=ClipToSpace(spec.search))
+        custom_explore_fn=ClipToSpace(spec.search), synch=spec.pbt.synch)
 
 
 def make_search_alg(spec, max_concurrent: int):

@@ -53,7 +53,7 @@ _RAY_BOOKKEEPING = frozenset(
     }
 )
 # Text metrics kept as user attributes (all other strings in a result are Ray's or the config's).
-_TEXT_METRICS = frozenset({"node_id"})
+_TEXT_METRICS = frozenset({"node_id", "lineage"})  # lineage: PBT exploits as JSON (tune/trainable.py)
 
 
 def make_storage(storage: str | optuna.storages.BaseStorage | None, results_dir: str | Path = "results"):

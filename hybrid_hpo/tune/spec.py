@@ -16,7 +16,7 @@ Layout (every key optional except ``search``; see searches/quickstart.yaml)::
     num_trials: 8
     max_concurrent: 2
     scheduler: fifo             # fifo | asha | pbt (population-based training that inherits weights and λ;
-    pbt: {perturbation_interval: 2, quantile_fraction: 0.25, resample_probability: 0.25}  # see tune/pbt.py
+    pbt: {perturbation_interval: 2, quantile_fraction: 0.25, resample_probability: 0.25, synch: false}  # tune/pbt.py
     resources: {cpu: 1, gpu: auto}
     checkpoint_every: 5         # epochs between trial checkpoints (0: only at the end)
     max_failures: 2             # a trial whose process dies restarts from its last checkpoint, this often
@@ -115,6 +115,7 @@ class Pbt(BaseModel):
     perturbation_interval: int = Field(default=2, ge=1)
     quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
     resample_probability: float = Field(default=0.25, ge=0, le=1)
+    synch: bool = False  # wait for the whole population at every perturbation point (tune/pbt.py)
 
 
 class Asha(BaseModel):

@@ -23,7 +23,9 @@ the pick uses. Sweeps set ``metric`` / ``mode`` with ``tune.with_parameters(IFTT
 metric=..., mode=...)``. The best-so-far value is rebuilt from the history on restore, so a trial
 that PBT restarts from another trial's checkpoint carries that trial's lineage. With ``digests=True``
 (PBT sweeps) each result also carries ``hparams_digest`` (:func:`hparams_digest` of λ after the
-epoch) and, first after a restore, ``restored_epoch`` and ``restored_digest`` (λ as loaded).
+epoch) and ``lineage``: the exploits its weights and λ went through, as JSON (:class:`Exploit`; kept in
+every checkpoint as ``lineage.json``, so it survives Ray restarting a trial on a new actor, which starts
+``result.json`` afresh).
 
 The trial ends by itself after ``epochs`` steps (``done``); a checkpoint holds the trainer's
 ``state_dict()`` — weights, hyperparameters, both optimizers, RNG state, the solver's warm-start
@@ -54,6 +56,7 @@ from hybrid_hpo.tune.pictures import render_trial
 
 CHECKPOINT_FILE = "trainer.pt"
 HISTORY_FILE = "history.json"
+LINEAGE_FILE = "lineage.json"  # PBT: who wrote this checkpoint, at which epoch, with which λ; its lineage
 
 
 def trial_device(requested: str) -> str:
@@ -77,6 +80,32 @@ def hparams_digest(hparams: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclasses.dataclass(frozen=True)
+class Exploit:
+    """One PBT exploit: trial ``into`` restored the checkpoint trial ``source`` wrote after ``epoch``.
+
+    ``source_digest`` is :func:`hparams_digest` of λ as the source saved them, ``restored_digest`` of λ
+    as ``into`` loaded them (equal: λ inherited exactly); ``source_settings`` / ``settings`` are the
+    mutable meta-settings (:data:`hybrid_hpo.tune.pbt.MUTABLE`, ``solver.*``) of the source at the save
+    and of ``into`` after PBT's explore step.
+    """
+
+    epoch: int
+    source: str
+    into: str
+    source_digest: str
+    restored_digest: str
+    source_settings: dict[str, Any]
+    settings: dict[str, Any]
+
+
+def mutable_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``config`` that PBT may change mid-run."""
+    from hybrid_hpo.tune.pbt import check_mutable
+
+    return {key: value for key, value in config.items() if check_mutable([key]) is None}
+
+
 class IFTTrainable(tune.Trainable):
     """Ray Tune class trainable around :class:`BilevelTrainer` (see the module docstring).
 
@@ -96,7 +125,6 @@ class IFTTrainable(tune.Trainable):
         trainer's warning per epoch with rejected hyper steps (the sweep's line per trial counts them),
         and Ray Tune's note on a slow ``setup``."""
         self.task_source, self.metric, self.mode, self.digests = task, metric, mode, digests
-        self.restored: dict[str, Any] = {}
         if not epoch_logs:
             for name in ("ray.train", "ray.tune"):
                 logging.getLogger(name).setLevel(logging.ERROR)
@@ -116,6 +144,7 @@ class IFTTrainable(tune.Trainable):
         self.trainer = BilevelTrainer(run_config, device=trial_device(run_config.device), task=task)
         self.history: list[dict[str, float]] = []  # epoch and the split metrics per epoch (pictures, best so far)
         self.best = BestSoFar(self.metric, self.mode)
+        self.lineage: list[dict[str, Any]] = []  # PBT: the Exploits behind this trial's weights and λ
 
     def step(self) -> dict[str, Any]:
         metrics = dict(self.trainer.train_epoch())
@@ -124,8 +153,7 @@ class IFTTrainable(tune.Trainable):
         metrics[best_key(self.metric)] = self.best.update(metrics)
         if self.digests:
             metrics["hparams_digest"] = hparams_digest(self.trainer.family.hparams())
-            metrics.update(self.restored)
-            self.restored = {}
+            metrics["lineage"] = json.dumps(self.lineage)
         metrics["torch_threads"] = torch.get_num_threads()  # equal for every trial of equal resources
         metrics["done"] = self.trainer.epoch >= self.run_config.epochs
         metrics["reported_at"] = time.time()  # wall clock (s since the epoch), finer than Ray's integer timestamp
@@ -137,6 +165,11 @@ class IFTTrainable(tune.Trainable):
         torch.save(self.trainer.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
         with open(os.path.join(checkpoint_dir, HISTORY_FILE), "w") as file:
             json.dump(self.history, file)
+        if self.digests:
+            with open(os.path.join(checkpoint_dir, LINEAGE_FILE), "w") as file:
+                json.dump({"trial": self.trial_id, "epoch": self.trainer.epoch, "lineage": self.lineage,
+                           "hparams_digest": hparams_digest(self.trainer.family.hparams()),
+                           "settings": mutable_settings(self.config)}, file)
         if self.trainer.epoch >= self.run_config.epochs:  # drawing costs ~1 s: only the final checkpoint
             render_trial(self.trainer, self.history, checkpoint_dir)
 
@@ -145,9 +178,8 @@ class IFTTrainable(tune.Trainable):
         checkpoint cannot run code."""
         state = torch.load(os.path.join(checkpoint, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         self.trainer.load_state_dict(state)
-        if self.digests:  # reported with the next epoch: where this trial's weights and λ came from
-            self.restored = {"restored_epoch": int(state["epoch"]),
-                             "restored_digest": hparams_digest(self.trainer.family.hparams())}
+        if self.digests:
+            self._trace(checkpoint)
         history = os.path.join(checkpoint, HISTORY_FILE)
         if os.path.isfile(history):
             with open(history) as file:
@@ -155,6 +187,19 @@ class IFTTrainable(tune.Trainable):
         self.best = BestSoFar(self.metric, self.mode)
         for metrics in self.history:
             self.best.update(metrics)
+
+    def _trace(self, checkpoint: str) -> None:
+        """The lineage after restoring ``checkpoint``: the writer's, plus an :class:`Exploit` when
+        another trial wrote it (Ray restarting this trial from its own checkpoint is none)."""
+        with open(os.path.join(checkpoint, LINEAGE_FILE)) as file:
+            origin = json.load(file)
+        self.lineage = list(origin["lineage"])
+        if origin["trial"] != self.trial_id:
+            self.lineage.append(dataclasses.asdict(Exploit(
+                epoch=int(origin["epoch"]), source=origin["trial"], into=self.trial_id,
+                source_digest=origin["hparams_digest"],
+                restored_digest=hparams_digest(self.trainer.family.hparams()),
+                source_settings=origin["settings"], settings=mutable_settings(self.config))))
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._build(new_config)
