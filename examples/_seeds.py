@@ -17,7 +17,8 @@ NO_HYPER_STEPS = 10**9
 
 
 def run_seeds(settings: Mapping[str, Any], seeds: Iterable[int], pictures: Path | None = None) -> list[dict]:
-    """Train ``settings`` once per seed; returns each run's final metrics plus ``wall_s``. With
+    """Train ``settings`` once per seed; returns each run's final metrics plus ``wall_s`` and
+    ``sizes`` (examples in train, val and, if there is one, the selection split sel). With
     ``pictures``, the first seed's family pictures go to that folder."""
     from hybrid_hpo.bilevel import BilevelTrainer
     from hybrid_hpo.config import RunConfig
@@ -29,6 +30,8 @@ def run_seeds(settings: Mapping[str, Any], seeds: Iterable[int], pictures: Path 
         trainer = BilevelTrainer(config)
         final = dict(trainer.fit(progress=False)[-1])
         final["wall_s"] = time.perf_counter() - start
+        final["sizes"] = {name: len(split) for name, split in (("train", trainer.data.train), ("val", trainer.data.val),
+                                                               ("sel", trainer.data.selection)) if split is not None}
         finals.append(final)
         if pictures is not None and index == 0:
             trainer.family.render(dict(trainer.model.named_parameters()), pictures, trainer.data)

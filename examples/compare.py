@@ -5,7 +5,9 @@ BO-only, IFT-with-defaults and the hybrid under the same wall-clock budget and d
 (:func:`hybrid_hpo.compare.comparison.compare`, what ``hybrid-hpo compare`` runs). Then, because the
 three strategies share each seed's split, it prints the *paired* differences per seed (hybrid
 minus each other strategy) and each strategy's test metric at a quarter, half and all of the
-budget (anytime performance, from the same records as ``test_vs_time.png``).
+budget (anytime performance, from the same records as ``test_vs_time.png``), and what the pick
+would have been by the validation split instead of the selection split (the rule before issue 15:
+the IFT strategies fit their λ to the validation split, so it flatters them).
 
     python examples/compare.py --dataset mnist1d --budget-s 60 --seeds 0 1 2
     python examples/compare.py --from results/compare-digits-few-20261123-070000/compare.json [--plots DIR]
@@ -62,6 +64,8 @@ def main() -> None:
     print(paired_table(runs, spec))
     print()
     print(anytime_table(runs, spec))
+    print()
+    print(pick_rule_table(runs, spec))
 
 
 def _finals(runs: list[StrategyRun], spec: CompareSpec, strategy: str) -> dict[int, float]:
@@ -103,6 +107,35 @@ def anytime_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
             mean = f"{statistics.fmean(finite):.{digits}f}" if finite else ""
             cells.append(f"{mean} ({len(finite)}/{len(values)} seeds)" if finite else "—")
         lines.append(f"| {LABELS[strategy]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pick_rule_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
+    """Per strategy, the test metric of the final pick by the selection split (``spec.metric``, e.g.
+    sel_loss: examples neither weights nor λ saw) against the pick by the validation split
+    (``val_<x>``, what λ were fitted to), mean ± std over seeds, and the seeds where they differ."""
+    scale, digits, unit = _scale(spec)
+    by_val = "val_" + spec.metric.removeprefix("sel_")
+    lines = [f"| pick by | " + " | ".join(f"{LABELS[s]}" for s in strategies(spec)) + " |",
+             "|---|" + "---|" * len(strategies(spec))]
+    picks = {}
+    for metric in (spec.metric, by_val):
+        row = []
+        for strategy in strategies(spec):
+            finals = []
+            for run in (r for r in runs if r.strategy == strategy):
+                chain = incumbents(run.records, metric, spec.mode, spec.budget_s)
+                picks[metric, strategy, run.seed] = chain[-1] if chain else None
+                finals.append(scale * chain[-1][spec.report] if chain else float("nan"))
+            row.append(f"{statistics.fmean(finals):.{digits}f} ± {statistics.stdev(finals):.{digits}f}"
+                       if len(finals) > 1 else f"{finals[0]:.{digits}f}")
+        lines.append(f"| {metric} → {spec.report}{unit} | " + " | ".join(row) + " |")
+    differ = []
+    for strategy in strategies(spec):
+        seeds = sorted({seed for (_, name, seed) in picks if name == strategy})
+        changed = sum(picks[spec.metric, strategy, s] is not picks[by_val, strategy, s] for s in seeds)
+        differ.append(f"{changed}/{len(seeds)}")
+    lines.append("| seeds whose pick differs | " + " | ".join(differ) + " |")
     return "\n".join(lines)
 
 
