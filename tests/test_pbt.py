@@ -4,7 +4,7 @@ instance (loopback-only network namespace, README's test command); the rest with
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 
 import optuna
 import pytest
@@ -18,7 +18,9 @@ from hybrid_hpo.config import RunConfig
 from hybrid_hpo.errors import ConfigError
 from hybrid_hpo.tune.pbt import ClipToSpace
 from hybrid_hpo.tune.plan import plan_sweep
+from hybrid_hpo.tune import sweep
 from hybrid_hpo.tune.spec import validate_spec
+from hybrid_hpo.tune.sweep import run_sweep
 
 EPOCHS = 8
 SPEC = {
@@ -42,12 +44,20 @@ def _clip(value: float, low: float, high: float) -> float:
 
 
 def test_an_exploited_trial_restores_the_source_trials_lambda_and_perturbs_its_meta_settings(ray_session, tmp_path,
-                                                                                             capsys):
+                                                                                             capsys, monkeypatch):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     (tmp_path / "pbt.yaml").write_text(yaml.safe_dump(SPEC))
     results = tmp_path / "results"
+    outcomes = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **k: outcomes.append(run_sweep(*a, **k)) or outcomes[-1])
     code = cli.main(["sweep", str(tmp_path / "pbt.yaml"), "--results-dir", str(results)])
     assert code == 0, capsys.readouterr().out[-3000:]
+    # the sweep's histories hold every epoch each trial reported, across its restarts (synchronous PBT:
+    # an exploit restores the source's checkpoint of the same epoch, so each trial reports epochs 1..8 once)
+    assert len(outcomes[0].histories) == 4
+    for history in outcomes[0].histories.values():
+        assert [row["training_iteration"] for row in history] == list(range(1, EPOCHS + 1))
+        assert all(math.isfinite(row["sel_loss"]) for row in history)
     # Ray starts a trial's result.json afresh when it restarts the trial on a new actor (PBT pauses and
     # restarts trials): earlier rows may be missing, the last row is always there
     rows = {path.parent.name.split("_")[1] + "_" + path.parent.name.split("_")[2]:

@@ -134,3 +134,28 @@ def study_recorder(searcher, keys: list[str]):
             searcher.on_trial_complete(trial.trial_id, flatten_dict(trial.last_result or {}) or None, error=error)
 
     return StudyRecorder()
+
+
+def result_log():
+    """A Tune callback that keeps, in the driver, every result each trial reported (flattened, as
+    Ray's ``metrics_dataframe`` rows), as ``histories``: trial id -> results in order.
+
+    A PBT sweep's histories come from it, not from the trials' result files: Ray starts a trial's
+    ``result.json`` / ``progress.csv`` afresh when it restarts the trial on a new actor, which PBT does
+    whenever it pauses trials, so the files lose epochs (a compare's PBT runs missed ~¼ of theirs).
+    PBT sweeps cannot be resumed, so the driver sees every result of the sweep.
+    """
+    from ray import tune
+    from ray.tune.utils import flatten_dict
+
+    class ResultLog(tune.Callback):
+        """Every result of every trial, as it reaches the driver."""
+
+        def __init__(self) -> None:
+            self.histories: dict[str, list[dict[str, Any]]] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self.histories.setdefault(trial.trial_id, []).append(flatten_dict(result))
+
+    return ResultLog()
+

@@ -126,6 +126,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
 
     from optuna.trial import TrialState
 
+    from hybrid_hpo.tune.pbt import result_log
     from hybrid_hpo.tune.pending import PendingWatchdog
     from hybrid_hpo.tune.search import close_running, make_search, make_storage, storage_moved, storage_url
     from hybrid_hpo.tune.trust import signing
@@ -136,6 +137,7 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
     pbt = spec.scheduler == "pbt"
     trainable = sweep_trainable(spec.metric, spec.mode, trial_resources(spec), digests=pbt, epoch_logs=verbose)
     watchdog = PendingWatchdog(spec.pending_timeout_s)
+    results = result_log() if pbt else None  # PBT: the files lose the epochs before a trial's restart
     experiment_dir = plan.results_dir / EXPERIMENT_NAME
     moved = partial(storage_moved, plan.storage_moved_from, url)
     if plan.resume:
@@ -153,7 +155,8 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
         write_metadata(spec, plan, url, spec_path)
         tuner = tune.Tuner(trainable, param_space=_param_space(spec),
                            tune_config=_tune_config(spec, plan, searcher),
-                           run_config=_run_config(spec, plan, verbose, watchdog, searcher, progress and not verbose))
+                           run_config=_run_config(spec, plan, verbose, watchdog, searcher, progress and not verbose,
+                                                  results))
         signer.sign_file("tuner.pkl", experiment_dir / "tuner.pkl")
     fit_started = time.perf_counter()
     with moved(), signing(signer, on_restore=partial(_follow_move, results_dir=plan.results_dir)):
@@ -168,6 +171,8 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
         close_running(storage, plan.study_name, plan.sweep_id)
     rows = result_rows(grid, spec, budget_spent)
     histories = {r.metrics.get("trial_id", str(i)): trial_history(r) for i, r in enumerate(grid)}
+    if results is not None:
+        histories = {trial: results.histories.get(trial, []) for trial in histories}
     return SweepOutcome(plan.results_dir, url, plan.study_name, rows, wall_s=math.nan,
                         errors=sum(r.error is not None for r in grid), interrupted=interrupted,
                         histories=histories, budget_spent=budget_spent, stopped_because=watchdog.message)
@@ -228,9 +233,10 @@ def _tune_config(spec: SweepSpec, plan: SweepPlan, searcher):
 
 
 def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: bool, watchdog=None, searcher=None,
-                progress: bool = False):
+                progress: bool = False, results=None):
     """Ray's RunConfig; ``watchdog`` (a PendingWatchdog) bounds the wait for trials nobody can place;
-    with PBT, ``searcher`` hears of every trial through a callback (:mod:`hybrid_hpo.tune.pbt`);
+    with PBT, ``searcher`` hears of every trial through a callback (:mod:`hybrid_hpo.tune.pbt`) and
+    ``results`` (:func:`~hybrid_hpo.tune.pbt.result_log`) keeps every result;
     ``progress`` adds our console lines, ``verbose`` Ray's (both are pickled with the experiment,
     so a resumed sweep prints as it did before)."""
     from ray import tune
@@ -241,6 +247,8 @@ def _run_config(spec: SweepSpec, plan: SweepPlan, verbose: bool, watchdog=None, 
     callbacks = [watchdog] if watchdog is not None else []
     if spec.scheduler == "pbt" and searcher is not None:
         callbacks.append(study_recorder(searcher, list(spec.search)))
+    if results is not None:
+        callbacks.append(results)
     if progress:
         callbacks.append(ConsoleProgress(list(spec.search), spec.metric, base_config(spec)["epochs"]))
     return tune.RunConfig(
