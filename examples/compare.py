@@ -26,8 +26,8 @@ from pathlib import Path
 from hybrid_hpo.compare.comparison import compare
 from hybrid_hpo.compare.plots import plot_importances, plot_test_vs_time
 from hybrid_hpo.compare.run import StrategyRun
-from hybrid_hpo.compare.spec import CompareSpec, load_compare_spec, validate_compare_spec, with_changes
-from hybrid_hpo.compare.summary import LABELS, final_incumbent, incumbent_at, incumbents, strategies
+from hybrid_hpo.compare.spec import OWN_KEYS, CompareSpec, load_compare_spec, validate_compare_spec, with_changes
+from hybrid_hpo.compare.summary import LABELS, SHORT, final_incumbent, incumbent_at, incumbents, strategies
 
 FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -45,8 +45,9 @@ def main() -> None:
     if args.saved:
         saved = json.loads(args.saved.read_text())
         for name, strategy in saved["spec"]["strategies"].items():  # compare.json holds every field's value,
-            if name != "pbt":                                            # PBT's own ones of every strategy too
-                strategy.pop("population", None), strategy.pop("pbt", None)
+            for owner, keys in OWN_KEYS.items():                         # PBT's and ASHA's of every strategy too
+                for key in keys if owner != name else ():
+                    strategy.pop(key, None)
         spec = validate_compare_spec(saved["spec"], source=str(args.saved))
         runs = [StrategyRun(**{k: v for k, v in run.items() if k != "guided"}) for run in saved["runs"]]  # a property
         if args.plots:
@@ -116,7 +117,7 @@ def pick_rule_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
     (``val_<x>``, what λ were fitted to), mean ± std over seeds, and the seeds where they differ."""
     scale, digits, unit = _scale(spec)
     by_val = "val_" + spec.metric.removeprefix("sel_")
-    lines = [f"| pick by | " + " | ".join(f"{LABELS[s]}" for s in strategies(spec)) + " |",
+    lines = ["| pick by | " + " | ".join(SHORT[s] for s in strategies(spec)) + " |",
              "|---|" + "---|" * len(strategies(spec))]
     picks = {}
     for metric in (spec.metric, by_val):
