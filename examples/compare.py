@@ -11,13 +11,10 @@ the IFT strategies fit their λ to the validation split, so it flatters them).
 
     python examples/compare.py --dataset mnist1d --budget-s 60 --seeds 0 1 2
     python examples/compare.py --from results/compare-digits-few-20261123-070000/compare.json [--plots DIR]
-    python examples/compare.py --from results/few/compare.json results/few-pbt-rerun/compare.json
 
 The first runs a comparison (here on the generated mnist1d task instead of the file's digits);
 the second only reads a finished one (its table, then the readings above; with ``--plots``, its
-two pictures redrawn); the third combines two comparisons of the same task, budget and seeds, the
-later file's strategies replacing the earlier's (a strategy rerun alone with a spec that lists
-only it).
+two pictures redrawn).
 """
 from __future__ import annotations
 
@@ -44,9 +41,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, help="seconds per strategy and seed")
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--results-dir", type=Path)
-    parser.add_argument("--from", dest="saved", type=Path, nargs="+",
-                        help="read these compare.json files instead of running (of one task; a later file's "
-                             "strategies replace an earlier one's, e.g. one strategy rerun alone)")
+    parser.add_argument("--from", dest="saved", type=Path, help="read this compare.json instead of running")
     parser.add_argument("--plots", type=Path, help="with --from: redraw the two plots into this folder")
     args = parser.parse_args()
     if args.saved:
@@ -73,29 +68,16 @@ def main() -> None:
     print(pick_rule_table(runs, spec))
 
 
-def load_saved(paths: list[Path]) -> tuple[CompareSpec, list[StrategyRun], dict]:
-    """The spec, runs and hybrid importances of one or more compare.json files of the same task: the
-    first file's spec with every strategy any file ran; a strategy's runs (and its spec entry) come
-    from the last file that ran it."""
-    spec_raw, runs, importances = None, {}, {}
-    for path in paths:
-        saved = json.loads(path.read_text())
-        for name, strategy in saved["spec"]["strategies"].items():  # compare.json holds every field's value,
-            for owner, keys in OWN_KEYS.items():                         # PBT's and ASHA's of every strategy too
-                for key in keys if owner != name else ():
-                    strategy.pop(key, None)
-        if spec_raw is None:
-            spec_raw = saved["spec"]
-        elif {k: v for k, v in saved["spec"].items() if k != "strategies"} != \
-                {k: v for k, v in spec_raw.items() if k != "strategies"}:
-            raise SystemExit(f"--from: {path} is a comparison of another task, budget or seeds than {paths[0]}")
-        spec_raw["strategies"].update(saved["spec"]["strategies"])
-        for run in saved["runs"]:
-            runs.setdefault(run["strategy"], {}).setdefault(path, []).append(run)
-        importances = saved["importances"] or importances
-    spec = validate_compare_spec(spec_raw, source=str(paths[0]))
-    chosen = [run for by_file in runs.values() for run in by_file[max(by_file, key=paths.index)]]  # the last file's
-    return spec, [StrategyRun(**{k: v for k, v in run.items() if k != "guided"}) for run in chosen], importances
+def load_saved(path: Path) -> tuple[CompareSpec, list[StrategyRun], dict]:
+    """The spec, runs and hybrid importances of a compare.json."""
+    saved = json.loads(path.read_text())
+    for name, strategy in saved["spec"]["strategies"].items():  # compare.json holds every field's value,
+        for owner, keys in OWN_KEYS.items():                         # PBT's and ASHA's of every strategy too
+            for key in keys if owner != name else ():
+                strategy.pop(key, None)
+    spec = validate_compare_spec(saved["spec"], source=str(path))
+    runs = [StrategyRun(**{k: v for k, v in run.items() if k != "guided"}) for run in saved["runs"]]  # a property
+    return spec, runs, saved["importances"]
 
 
 def _finals(runs: list[StrategyRun], spec: CompareSpec, strategy: str) -> dict[int, float]:
