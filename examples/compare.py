@@ -28,8 +28,8 @@ from hybrid_hpo.compare.comparison import compare
 from hybrid_hpo.compare.plots import plot_importances, plot_test_vs_time
 from hybrid_hpo.compare.run import StrategyRun
 from hybrid_hpo.compare.spec import OWN_KEYS, CompareSpec, load_compare_spec, validate_compare_spec, with_changes
-from hybrid_hpo.compare.summary import (LABELS, SHORT, final_incumbent, incumbent_at, incumbents, paired_rows,
-                                       report_markdown, strategies, strongest_baseline, summary_rows)
+from hybrid_hpo.compare.summary import (LABELS, SHORT, final_incumbent, incumbent_at, incumbents, strategies,
+                                       summarize)
 
 FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -46,8 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.saved:
         spec, runs, importances = load_saved(args.saved)
-        print(report_markdown(summary_rows(runs, spec), paired_rows(runs, spec, strongest_baseline(
-            summary_rows(runs, spec), spec)), spec))
+        print(summarize(runs, spec)["table"])
         print()
         if args.plots:
             args.plots.mkdir(parents=True, exist_ok=True)

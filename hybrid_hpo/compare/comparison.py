@@ -55,8 +55,7 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
     prints a line per finished run to stderr."""
     from hybrid_hpo.compare.plots import hybrid_importances, plot_importances, plot_test_vs_time
     from hybrid_hpo.compare.run import run_comparison, runs_as_json
-    from hybrid_hpo.compare.summary import (final_incumbent, paired_rows, report_markdown, strongest_baseline,
-                                            summary_rows)
+    from hybrid_hpo.compare.summary import final_incumbent, summarize
     from hybrid_hpo.tune.urls import results_dir_storage
 
     def report(run) -> None:
@@ -68,18 +67,16 @@ def compare(spec: CompareSpec, results_dir: Path, *, address: str | None = None,
 
     load_start = os.getloadavg()
     runs = run_comparison(spec, results_dir, address=address, verbose=verbose, on_run=report)
-    rows = summary_rows(runs, spec)
-    baseline = strongest_baseline(rows, spec)
-    pairs = paired_rows(runs, spec, first_against=baseline)
-    table = report_markdown(rows, pairs, spec)
+    summary = summarize(runs, spec)
     plot_test_vs_time(runs, spec, results_dir / "test_vs_time.png")
     importances = hybrid_importances(runs, results_dir_storage(results_dir))
     plot_importances(importances, spec, results_dir / "hybrid_importances.png")
-    (results_dir / "table.md").write_text(table + "\n")
+    (results_dir / "table.md").write_text(summary["table"] + "\n")
     (results_dir / RESULTS_FILE).write_text(json.dumps(
         {"spec": spec.model_dump(mode="json"), "seeds": spec.seeds, "budget_s": spec.budget_s,
          "machine": {"cpus": os.cpu_count(), "load_start": list(load_start), "load_end": list(os.getloadavg())},
-         "rows": rows, "strongest_baseline": baseline, "pairs": [pair.as_dict() for pair in pairs],
+         "rows": summary["rows"], "strongest_baseline": summary["strongest_baseline"],
+         "pairs": [pair.as_dict() for pair in summary["pairs"]],
          "importances": importances,
          "runs": runs_as_json(runs)}, indent=1) + "\n")
-    return {"runs": runs, "rows": rows, "strongest_baseline": baseline, "pairs": pairs, "table": table}
+    return {"runs": runs, **summary}

@@ -184,6 +184,15 @@ def pairs_table(pairs: Sequence[Paired], spec: CompareSpec) -> str:
     return "\n".join(lines)
 
 
+def summarize(runs: Sequence[StrategyRun], spec: CompareSpec) -> dict[str, Any]:
+    """``{"rows", "strongest_baseline", "pairs", "table"}`` of ``runs``: :func:`summary_rows`, the
+    :func:`strongest_baseline`, the :func:`paired_rows` led by it and table.md's :func:`report_markdown`."""
+    rows = summary_rows(runs, spec)
+    baseline = strongest_baseline(rows, spec)
+    pairs = paired_rows(runs, spec, first_against=baseline)
+    return {"rows": rows, "strongest_baseline": baseline, "pairs": pairs, "table": report_markdown(rows, pairs, spec)}
+
+
 def report_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[Paired], spec: CompareSpec) -> str:
     """table.md: the :func:`headline` (the hybrid against the strongest baseline), the strategies'
     table, the paired differences and, when a search's model suggested fewer than

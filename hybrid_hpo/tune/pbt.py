@@ -158,4 +158,3 @@ def result_log():
             self.histories.setdefault(trial.trial_id, []).append(flatten_dict(result))
 
     return ResultLog()
-

@@ -170,9 +170,9 @@ def _fit(spec: SweepSpec, plan: SweepPlan, storage, signer, spec_path: str, verb
     elif not interrupted:
         close_running(storage, plan.study_name, plan.sweep_id)
     rows = result_rows(grid, spec, budget_spent)
-    histories = {r.metrics.get("trial_id", str(i)): trial_history(r) for i, r in enumerate(grid)}
-    if results is not None:
-        histories = {trial: results.histories.get(trial, []) for trial in histories}
+    trials = {r.metrics.get("trial_id", str(i)): r for i, r in enumerate(grid)}
+    histories = {trial: trial_history(r) if results is None else results.histories.get(trial, [])
+                 for trial, r in trials.items()}
     return SweepOutcome(plan.results_dir, url, plan.study_name, rows, wall_s=math.nan,
                         errors=sum(r.error is not None for r in grid), interrupted=interrupted,
                         histories=histories, budget_spent=budget_spent, stopped_because=watchdog.message)
