@@ -11,25 +11,30 @@ the IFT strategies fit their λ to the validation split, so it flatters them).
 
     python examples/compare.py --dataset mnist1d --budget-s 60 --seeds 0 1 2
     python examples/compare.py --from results/compare-digits-few-20261123-070000/compare.json [--plots DIR]
+    python examples/compare.py --from results/few/compare.json results/few-pbt-rerun/compare.json
 
 The first runs a comparison (here on the generated mnist1d task instead of the file's digits);
 the second only reads a finished one (its table, then the readings above; with ``--plots``, its
-two pictures redrawn).
+two pictures redrawn); the third reads a rerun of some strategies (``hybrid-hpo compare SPEC
+--strategies pbt``) over the comparison it redoes: the rerun's runs replace the same strategy and
+seed (:func:`hybrid_hpo.compare.saved.merge_comparisons`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from datetime import datetime
 from pathlib import Path
 
 from hybrid_hpo.compare.comparison import compare
 from hybrid_hpo.compare.plots import plot_importances, plot_test_vs_time
 from hybrid_hpo.compare.run import StrategyRun
-from hybrid_hpo.compare.spec import OWN_KEYS, CompareSpec, load_compare_spec, validate_compare_spec, with_changes
+from hybrid_hpo.compare.saved import load_comparison, merge_comparisons
+from hybrid_hpo.compare.spec import CompareSpec, load_compare_spec, with_changes
 from hybrid_hpo.compare.summary import (LABELS, SHORT, final_incumbent, incumbent_at, incumbents, strategies,
                                        summarize)
+from hybrid_hpo.errors import ConfigError
 
 FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -41,11 +46,14 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, help="seconds per strategy and seed")
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--results-dir", type=Path)
-    parser.add_argument("--from", dest="saved", type=Path, help="read this compare.json instead of running")
+    parser.add_argument("--from", dest="saved", type=Path, nargs="+", metavar="COMPARE_JSON",
+                        help="read this compare.json instead of running; later files' runs (reruns of some "
+                             "strategies) replace the same strategy and seed of earlier ones")
     parser.add_argument("--plots", type=Path, help="with --from: redraw the two plots into this folder")
     args = parser.parse_args()
     if args.saved:
-        spec, runs, importances = load_saved(args.saved)
+        merged = merge_comparisons([load_comparison(path) for path in args.saved], [str(p) for p in args.saved])
+        spec, runs, importances = merged.spec, merged.runs, merged.importances
         print(summarize(runs, spec)["table"])
         print()
         if args.plots:
@@ -60,23 +68,12 @@ def main() -> None:
         outcome = compare(spec, results_dir.resolve(), progress=True)
         print(outcome["table"])
         runs = outcome["runs"]
-    print(paired_table(runs, spec))
-    print()
+    if "hybrid" in spec.strategies:  # a rerun of other strategies alone has no hybrid to pair with
+        print(paired_table(runs, spec))
+        print()
     print(anytime_table(runs, spec))
     print()
     print(pick_rule_table(runs, spec))
-
-
-def load_saved(path: Path) -> tuple[CompareSpec, list[StrategyRun], dict]:
-    """The spec, runs and hybrid importances of a compare.json."""
-    saved = json.loads(path.read_text())
-    for name, strategy in saved["spec"]["strategies"].items():  # compare.json holds every field's value,
-        for owner, keys in OWN_KEYS.items():                         # PBT's and ASHA's of every strategy too
-            for key in keys if owner != name else ():
-                strategy.pop(key, None)
-    spec = validate_compare_spec(saved["spec"], source=str(path))
-    runs = [StrategyRun(**{k: v for k, v in run.items() if k != "guided"}) for run in saved["runs"]]  # a property
-    return spec, runs, saved["importances"]
 
 
 def _finals(runs: list[StrategyRun], spec: CompareSpec, strategy: str) -> dict[int, float]:
@@ -151,4 +148,8 @@ def pick_rule_table(runs: list[StrategyRun], spec: CompareSpec) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as error:  # bad input: one line naming the field, exit 2
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warm-start", action="store_true",
                         help="start every search with a trial at RunConfig's defaults of their searched settings "
                              "(the hybrid's is the ift_defaults run)")
+    parser.add_argument("--strategies", nargs="+", metavar="NAME",
+                        help="run only these strategies of SPEC (a rerun of some of them; read it over the full "
+                             "comparison with examples/compare.py --from FULL/compare.json RERUN/compare.json)")
     parser.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/<name>-<time>)")
     parser.add_argument("--address", metavar="ADDR", help="join this Ray cluster instead of starting a local Ray")
     parser.add_argument("--verbose", action="store_true", help="Ray Tune's own console output (config and result "
@@ -34,9 +37,11 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
     spec = with_changes(load_compare_spec(args.spec), f"{args.spec} with the command-line options",
                         budget_s=args.budget_s, seeds=args.seeds, warm_start=args.warm_start)
+    spec.only(args.strategies)  # an unknown name fails here, before anything is written
     results_dir = plan_results_dir(args.results_dir, spec.name)
     preflight(spec, results_dir, args.address)
-    outcome = compare(spec, results_dir, address=args.address, progress=True, verbose=args.verbose)
+    outcome = compare(spec, results_dir, address=args.address, progress=True, verbose=args.verbose,
+                      only=args.strategies)
     print(f"\nComparison {spec.name}: budget {spec.budget_s:g} s per strategy and seed, seeds {spec.seeds}; "
           f"each strategy's pick = best {spec.metric} within the budget")
     print(outcome["table"])

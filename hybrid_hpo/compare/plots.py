@@ -1,12 +1,12 @@
 """Pictures of a comparison: test metric versus wall time, and the hybrid's parameter importances.
 
-``test_vs_time.png``: for each strategy, the test metric of its incumbent (best validation so far,
+``test_vs_time.png``: for each strategy, the test metric of its incumbent (best selection metric so far,
 :func:`hybrid_hpo.compare.summary.incumbents`) against seconds since the strategy started; the
 line is the mean over seeds, the band spans the seeds' minimum to maximum; both start once every
-seed's run has reported a finite validation metric.
+seed's run has reported a finite selection metric.
 
 ``hybrid_importances.png``: Optuna's fANOVA importance of each searched meta-setting for the
-validation objective, computed per seed's hybrid study (completed trials only) and shown as mean
+selection objective, computed per seed's hybrid study (completed trials only) and shown as mean
 ± std over the seeds whose study has at least ``MIN_TRIALS`` completed trials.
 """
 from __future__ import annotations

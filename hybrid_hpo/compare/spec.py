@@ -40,6 +40,7 @@ validator, so a bad key fails before anything runs, with a one-line ConfigError 
 from __future__ import annotations
 
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,6 +144,18 @@ class CompareSpec(BaseModel):
             raise ValueError(f"{missing[0]} is missing; give all of {', '.join(REQUIRED)} (bo_asha and pbt are "
                              "optional)")
         return value
+
+    def only(self, names: Sequence[str] | None, source: str = "--strategies") -> "CompareSpec":
+        """This comparison with only the strategies ``names`` (in the file's order; all when None):
+        a rerun of some of them (``hybrid-hpo compare --strategies``), whose table then has only
+        their rows. ConfigError ``<source>: ...`` for a name the comparison does not have."""
+        if names is None:
+            return self
+        unknown = [name for name in names if name not in self.strategies]
+        if unknown or not names:
+            raise ConfigError(f"{source}: {unknown[0] if unknown else 'nothing'} is not a strategy of {self.name}; "
+                              f"name one or more of {', '.join(self.strategies)}")
+        return self.model_copy(update={"strategies": {k: v for k, v in self.strategies.items() if k in names}})
 
     def run_settings(self, strategy: str, seed: int) -> dict[str, Any]:
         """The fixed RunConfig mapping of ``strategy`` for the replicate ``seed``."""

@@ -1,9 +1,10 @@
 """From records to the comparison table: one selection rule for all strategies.
 
 A strategy's *incumbent* at time t is, among the records it reported by t (every epoch of every
-trial; at most ``budget_s`` counts), the one with the best validation ``metric``: the model you
-would pick with the validation set alone. Its test metric is what the strategy delivers at t.
-Records whose validation metric is not finite (a diverged trial) are never picked; a strategy
+trial; at most ``budget_s`` counts), the one with the best ``metric`` (``sel_loss`` in the shipped
+files: the selection split, which neither weights nor λ saw): the model you would pick without
+the test set. Its test metric is what the strategy delivers at t.
+Records whose selection metric is not finite (a diverged trial) are never picked; a strategy
 without any usable record delivers NaN (the table says so rather than crashing).
 
 Table row per strategy (over seeds): test metric mean ± sample std of the final incumbents,
@@ -114,6 +115,9 @@ def headline(rows: Sequence[dict[str, Any]], pairs: Sequence[Paired], spec: Comp
     """Plain words: which baseline is strongest here, and the hybrid against it (mean paired
     difference, 95 % interval, p, verdict)."""
     best = strongest_baseline(rows, spec)
+    if best is None and not any(row["strategy"] in BASELINES for row in rows):
+        return ("Strongest baseline: none ran (a rerun of " + ", ".join(SHORT[row["strategy"]] for row in rows)
+                + "; read it over the full comparison for the pairs with the baselines).")
     if best is None:
         return "Strongest baseline: none (no baseline delivered a finite result)."
     scale, digits, unit = (100.0, 1, " %") if spec.report.endswith("acc") else (1.0, 3, "")
