@@ -56,6 +56,7 @@ def test_compare_runs_every_strategy_and_writes_a_finite_table(ray_session, tmp_
                      "--results-dir", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed[-3000:]
+    assert "Configuration for experiment" not in printed  # a line per run, not Tune's boxes (no --verbose)
 
     starts = ("| BO-only (", "| BO + ASHA (", "| IFT with", "| Hybrid (", "| PBT (")
     table = [line for line in printed.splitlines() if line.startswith(starts)]

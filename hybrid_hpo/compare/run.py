@@ -124,6 +124,7 @@ def run_single(spec: CompareSpec, seed: int, results_dir: Path, verbose: bool = 
     from ray import tune
 
     from hybrid_hpo.config import RunConfig
+    from hybrid_hpo.tune.console import quiet_console
     from hybrid_hpo.tune.outcome import trial_history
     from hybrid_hpo.tune.plan import EXPERIMENT_NAME, trial_resources
     from hybrid_hpo.tune.sweep import sweep_trainable
@@ -137,7 +138,8 @@ def run_single(spec: CompareSpec, seed: int, results_dir: Path, verbose: bool = 
         tune_config=tune.TuneConfig(num_samples=1, time_budget_s=spec.budget_s),
         run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(folder), verbose=1 if verbose else 0,
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
-    grid = tuner.fit()
+    with quiet_console(not verbose):  # compare prints a line per run, not Tune's configuration box
+        grid = tuner.fit()
     wall = time.perf_counter() - start
     histories = {str(index): trial_history(result) for index, result in enumerate(grid)}
     return StrategyRun("ift_defaults", seed, wall, trials=1, records=_records(histories, start_clock),
